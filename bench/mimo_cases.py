@@ -1,0 +1,248 @@
+"""The mimo_rx implementations of each workload, written only against the public contract.
+
+Two forms are measured:
+
+* async streams: ``Stream(ins=..., outs=..., fn=async_fn)`` with ``async for`` and
+  ``await outs.y.push(...)`` (the seed API);
+* Rx operator stages: ``workflow.add_source(iterable)`` and ``operator(ops.map(...))`` steps.
+
+`mimo_rx` is imported lazily so the peers still run while it is missing or broken; the runner
+turns any exception into an error cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from common import Acc, add_pair, dbl, inc, is_even, tpl
+from peers import ItemAcc, w3_sources, w4_items
+
+# --- building blocks ----------------------------------------------------------------------
+
+
+def source_stream(items: Iterable[Any]) -> Any:
+    """A stream with one output `out` that pushes every item of `items`."""
+    from mimo_rx import Stream
+
+    async def source(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        for x in state["items"]:
+            await outs.out.push(x)
+
+    return Stream(outs=["out"], fn=source, state={"items": items})
+
+
+def map_stream(f: Callable[[Any], Any]) -> Any:
+    """A stream `x -> y` pushing `f(item)` for each item."""
+    from mimo_rx import Stream
+
+    async def stage(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        async for x in ins.x:
+            await outs.y.push(f(x))
+
+    stage.__name__ = f"map_{f.__name__}"
+    return Stream(ins=["x"], outs=["y"], fn=stage)
+
+
+def filter_stream(pred: Callable[[Any], bool]) -> Any:
+    """A stream `x -> y` pushing the items for which `pred` is true."""
+    from mimo_rx import Stream
+
+    async def stage(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        async for x in ins.x:
+            if pred(x):
+                await outs.y.push(x)
+
+    stage.__name__ = f"filter_{pred.__name__}"
+    return Stream(ins=["x"], outs=["y"], fn=stage)
+
+
+def sink_stream(acc: Callable[[Any], None]) -> Any:
+    """A stream with one input `x` that hands every item to `acc`."""
+    from mimo_rx import Stream
+
+    async def sink(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        async for x in ins.x:
+            acc(x)
+
+    return Stream(ins=["x"], fn=sink)
+
+
+def slow_sink_stream(acc: Callable[[Any], None]) -> Any:
+    """W4's consumer: takes an item, then yields to the event loop once."""
+    from mimo_rx import Stream
+
+    async def slow_sink(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        async for item in ins.x:
+            acc(item)
+            await asyncio.sleep(0)
+
+    return Stream(ins=["x"], fn=slow_sink)
+
+
+def zip_stream() -> Any:
+    """A stream with inputs `a`, `b` and output `pair` that pops one item from each in turn."""
+    from mimo_rx import EndOfStream, Stream
+
+    async def zip_pairs(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        while True:
+            try:
+                a = await ins.a.pop()
+                b = await ins.b.pop()
+            except EndOfStream:
+                return
+            await outs.pair.push((a, b))
+
+    return Stream(ins=["a", "b"], outs=["pair"], fn=zip_pairs)
+
+
+def chain(workflow: Any, first: Any, *streams: Any) -> Any:
+    """Add `streams` to `workflow` and pipe `first -> streams[0] -> ...`; return the last step."""
+    step = first
+    for stream in streams:
+        step = step.pipe(workflow.add_stream(stream))
+    return step
+
+
+# --- W1 linear ------------------------------------------------------------------------------
+
+
+async def w1_streams(n: int) -> tuple[int, int]:
+    """Async streams end to end, the source a stream that pushes."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_stream(source_stream(range(n)))
+    chain(wf, src, map_stream(inc), filter_stream(is_even), map_stream(dbl), sink_stream(acc))
+    await wf.start()
+    return acc.result
+
+
+async def w1_source_streams(n: int) -> tuple[int, int]:
+    """As `w1_streams`, the source added with `workflow.add_source(range(n))`."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_source(range(n))
+    chain(wf, src, map_stream(inc), filter_stream(is_even), map_stream(dbl), sink_stream(acc))
+    await wf.start()
+    return acc.result
+
+
+async def w1_operators(n: int) -> tuple[int, int]:
+    """Rx operator stages: add_source -> operator(map) -> operator(filter) -> operator(map)."""
+    from mimo_rx import Workflow, operator
+    from reactivex import operators as ops
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_source(range(n))
+    chain(
+        wf,
+        src,
+        operator(ops.map(inc)),
+        operator(ops.filter(is_even)),
+        operator(ops.map(dbl)),
+        sink_stream(acc),
+    )
+    await wf.start()
+    return acc.result
+
+
+# --- W2 fan-out / fan-in ------------------------------------------------------------------
+
+
+async def w2_streams(n: int) -> tuple[int, int]:
+    """One source stream broadcast to three map streams, all piped into the sink's one input."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_stream(source_stream(range(n)))
+    sink = wf.add_stream(sink_stream(acc))
+    for f in (inc, dbl, tpl):
+        src.pipe(wf.add_stream(map_stream(f))).pipe(sink, output="y", input="x")
+    await wf.start()
+    return acc.result
+
+
+async def w2_operators(n: int) -> tuple[int, int]:
+    """add_source broadcast to three operator(ops.map) steps merged into the sink's input."""
+    from mimo_rx import Workflow, operator
+    from reactivex import operators as ops
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_source(range(n))
+    sink = wf.add_stream(sink_stream(acc))
+    for f in (inc, dbl, tpl):
+        src.pipe(wf.add_stream(operator(ops.map(f)))).pipe(sink, output="y", input="x")
+    await wf.start()
+    return acc.result
+
+
+# --- W3 zip -----------------------------------------------------------------------------------
+
+
+async def w3_streams(n: int) -> tuple[int, int]:
+    """Two source streams -> a two-input stream popping pairwise -> map stream -> sink."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    a, b = w3_sources(n)
+    wf = Workflow()
+    join = wf.add_stream(zip_stream())
+    wf.add_stream(source_stream(a)).pipe(join, input="a")
+    wf.add_stream(source_stream(b)).pipe(join, input="b")
+    chain(wf, join, map_stream(add_pair), sink_stream(acc))
+    await wf.start()
+    return acc.result
+
+
+def _rx_zip(a: Any, b: Any) -> Any:
+    import reactivex
+
+    return reactivex.zip(a, b)
+
+
+async def w3_rx_zip(n: int) -> tuple[int, int]:
+    """As `w3_streams`, the join an `rx_stream(reactivex.zip, ins=['a', 'b'], outs=['pair'])`."""
+    from mimo_rx import Workflow, rx_stream
+
+    acc = Acc()
+    a, b = w3_sources(n)
+    wf = Workflow()
+    join = wf.add_stream(rx_stream(_rx_zip, ins=["a", "b"], outs=["pair"]))
+    wf.add_stream(source_stream(a)).pipe(join, input="a")
+    wf.add_stream(source_stream(b)).pipe(join, input="b")
+    chain(wf, join, map_stream(add_pair), sink_stream(acc))
+    await wf.start()
+    return acc.result
+
+
+# --- W4 slow consumer -------------------------------------------------------------------------
+
+
+async def w4_streams(n: int) -> tuple[int, int, int]:
+    """A source stream pushing 1 KiB items -> a consumer that sleeps(0) per item."""
+    from mimo_rx import Workflow
+
+    acc = ItemAcc()
+    wf = Workflow()
+    wf.add_stream(source_stream(w4_items(n))).pipe(wf.add_stream(slow_sink_stream(acc)))
+    await wf.start()
+    return acc.result
+
+
+async def w4_source(n: int) -> tuple[int, int, int]:
+    """`workflow.add_source(generator)` -> the slow consumer."""
+    from mimo_rx import Workflow
+
+    acc = ItemAcc()
+    wf = Workflow()
+    wf.add_source(w4_items(n)).pipe(wf.add_stream(slow_sink_stream(acc)))
+    await wf.start()
+    return acc.result

@@ -1,0 +1,42 @@
+"""mimo_rx: multi-input, multi-output streaming graphs with real back-pressure, on reactivex.
+
+Streams have named input and output ports; a Workflow pipes them into a graph and runs it
+from beginning to end. Every input is a bounded buffer: ``await push`` pauses producers when
+a buffer is full, so memory stays bounded. Every output is a ``reactivex`` Subject.
+"""
+
+from ._errors import (
+    BufferOverflowError,
+    ClosedError,
+    ConfigError,
+    DeadlockError,
+    EndOfStream,
+    MimoError,
+    PipeError,
+    StreamError,
+    WorkflowCancelled,
+    WorkflowError,
+)
+from ._ports import Input, Output
+from ._stream import Stream
+from ._workflow import Step, Workflow
+
+__all__ = [
+    "BufferOverflowError",
+    "ClosedError",
+    "ConfigError",
+    "DeadlockError",
+    "EndOfStream",
+    "Input",
+    "MimoError",
+    "Output",
+    "PipeError",
+    "Step",
+    "Stream",
+    "StreamError",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,121 @@
+"""Every error and signal mimo_rx raises, in one tree.
+
+::
+
+    MimoError                       base of everything below; catch this to catch them all
+    ├── EndOfStream                 an input is closed and drained (a signal, not a fault)
+    ├── ClosedError                 push() on an output that was already closed
+    ├── ConfigError (ValueError)    a graph that is built wrong: bad port name, bad buffer size
+    │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
+    ├── WorkflowError (RuntimeError)  a workflow that cannot be run as asked
+    ├── StreamError                 user code (or an Rx operator/source) in one stream raised
+    ├── BufferOverflowError         a hot source overflowed an input whose policy is "error"
+    ├── DeadlockError               every live stream waits on another one: nothing can move
+    └── WorkflowCancelled           sent to Rx subscribers when the run was cancelled
+
+Messages name the stream and the port involved and say what to do about it; the names are
+also kept as attributes (``stream``, ``port``) so programs need not parse messages.
+"""
+
+from __future__ import annotations
+
+
+class MimoError(Exception):
+    """Base class of every mimo_rx error and signal."""
+
+
+class EndOfStream(MimoError):
+    """Raised by ``pop()``/``peek()`` once an input is closed and has nothing buffered.
+
+    It is a signal, not a fault: ``async for`` stops on it. It deliberately does not derive
+    from ``StopIteration`` (which a coroutine cannot raise).
+    """
+
+    def __init__(self, stream: str | None = None, port: str | None = None) -> None:
+        self.stream = stream
+        self.port = port
+        where = f"input {port!r} of stream {stream!r}" if port else "input"
+        super().__init__(f"{where} is closed and empty: no more items will arrive")
+
+
+class ClosedError(MimoError):
+    """The caller pushed to an output that it (or the end of its stream) had already closed."""
+
+    def __init__(self, stream: str | None, port: str) -> None:
+        self.stream = stream
+        self.port = port
+        super().__init__(
+            f"output {port!r} of stream {stream!r} is closed; "
+            "push every item before calling close() (or before run() returns)"
+        )
+
+
+class ConfigError(MimoError, ValueError):
+    """A stream or graph was built wrong; raised when it is built, before anything runs."""
+
+
+class PipeError(ConfigError):
+    """``pipe()`` could not (or may not) connect the ports it was asked to connect."""
+
+
+class WorkflowError(MimoError, RuntimeError):
+    """The workflow cannot be run as asked (invalid graph, wrong context, already run)."""
+
+
+class StreamError(MimoError):
+    """A stream raised; the original exception is ``__cause__`` (and ``.error``).
+
+    Attributes:
+        stream: the step name of the stream that failed.
+        error: the exception it raised.
+        errors: every ``StreamError`` of the run when several streams failed together, this one
+            first (so no failure is ever hidden behind another).
+    """
+
+    def __init__(self, stream: str, error: BaseException) -> None:
+        self.stream = stream
+        self.error = error
+        self.errors: list[StreamError] = [self]
+        super().__init__(f"stream {stream!r} failed: {type(error).__name__}: {error}")
+
+
+class BufferOverflowError(MimoError):
+    """A source that cannot be paused overflowed an input whose policy is ``"error"``."""
+
+    def __init__(self, stream: str, port: str, threshold: int, source: str) -> None:
+        self.stream = stream
+        self.port = port
+        self.threshold = threshold
+        super().__init__(
+            f"input {port!r} of stream {stream!r} is full ({threshold} items) and the hot "
+            f"source {source!r} cannot be paused; raise its buffer_size or choose another "
+            'policy ("buffer", "drop_newest", "drop_oldest", "latest")'
+        )
+
+
+class DeadlockError(MimoError):
+    """Every stream still running waits on a buffer that nothing can fill or drain.
+
+    Attributes:
+        waits: one line per waiting stream: the stream, the port and why it cannot move.
+    """
+
+    def __init__(self, waits: list[str]) -> None:
+        self.waits = waits
+        detail = "\n  ".join(waits)
+        super().__init__(
+            "deadlock: every running stream is waiting and none of the waits can be "
+            f"satisfied:\n  {detail}\n"
+            "Give the full buffers more room (buffer_size on pipe() or Stream), or read the "
+            "inputs in an order that does not depend on a full sibling buffer."
+        )
+
+
+class WorkflowCancelled(MimoError):
+    """Sent to Rx subscribers of unfinished outputs when the workflow run is cancelled."""
+
+    def __init__(self, stream: str | None = None, port: str | None = None) -> None:
+        self.stream = stream
+        self.port = port
+        where = f" before output {port!r} of stream {stream!r} closed" if port else ""
+        super().__init__(f"the workflow was cancelled{where}")

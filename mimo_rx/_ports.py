@@ -1,0 +1,373 @@
+"""Ports: the bounded input buffer with its back-pressure controller, and the output Subject.
+
+One item's whole path lives in this module::
+
+    await outs.y.push(item)        Output.push: if every connected input has room, deliver at
+      -> Input._deliver(item)      once (no suspension); else park until the full ones drain
+    await ins.x.pop()              Input.pop: take from the buffer (no suspension while it has
+      -> Input._release_producers  items); at the low-water mark wake the paused producers
+
+Design rules (after trio's channels):
+
+* **The fast path does not suspend.** A push with room and a pop with items return without
+  yielding to the loop, so a producer runs up to ``threshold`` items ahead of its consumer and
+  each side yields once per buffer-full instead of once per item.
+* **Hysteresis.** A paused producer is woken when the buffer has drained to half its threshold
+  (the low-water mark), not after every pop. When the consumer itself has to wait for anything
+  the producers are woken at once, so hysteresis never turns into a deadlock (see
+  ``StepRuntime.park``).
+* **Cancellation is atomic.** A cancelled ``pop``/``peek`` loses no item: items are taken from
+  the buffer only after the wait is over, in the same step. A cancelled ``push`` delivers to no
+  input at all: under fan-out it first waits until *every* connected input has room, then
+  delivers to all of them without suspending.
+* **Never silently lost.** Every item an input receives is taken, dropped by a policy the user
+  chose, discarded because its stream finished, or still buffered:
+  ``received == taken + dropped + discarded + len(buffer)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Generic, Literal, TypeVar
+
+from reactivex.subject import Subject
+
+from ._errors import BufferOverflowError, ClosedError, ConfigError, EndOfStream, MimoError
+from ._monitor import StepRuntime
+
+T = TypeVar("T")
+
+DEFAULT_BUFFER_SIZE = 1024
+
+Policy = Literal["buffer", "drop_newest", "drop_oldest", "latest", "error"]
+POLICIES: tuple[str, ...] = ("buffer", "drop_newest", "drop_oldest", "latest", "error")
+
+# The runtime of ports that are not running in a workflow: nothing is tracked.
+_IDLE = StepRuntime("", None, [])
+
+
+def check_buffer_size(size: object, where: str) -> int:
+    """Return ``size`` if it is a valid threshold, else raise ``ConfigError`` naming ``where``."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"buffer_size of {where} must be an integer >= 1, not {size!r}")
+    return size
+
+
+class Input(Generic[T]):
+    """A stream's input port: a bounded FIFO buffer fed by one or more outputs.
+
+    Inside ``async def run`` use ``await ins.x.pop()``, ``await ins.x.peek()`` or
+    ``async for item in ins.x``. ``len(ins.x)`` is the number of buffered items.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_finished",
+        "_getter",
+        "_items",
+        "_low",
+        "_open_upstreams",
+        "_producers",
+        "_rt",
+        "dropped",
+        "discarded",
+        "name",
+        "paused_s",
+        "peak",
+        "received",
+        "stream_name",
+        "taken",
+        "threshold",
+    )
+
+    def __init__(self, name: str, stream_name: str) -> None:
+        self.name = name
+        self.stream_name = stream_name
+        self._items: deque[T] = deque()
+        self.threshold = DEFAULT_BUFFER_SIZE
+        self._low = DEFAULT_BUFFER_SIZE // 2
+        self._open_upstreams = 0
+        self._closed = False
+        self._finished = False  # the consuming stream returned: arrivals are discarded
+        self._getter: asyncio.Future[None] | None = None
+        self._producers: list[asyncio.Future[None]] = []
+        self._rt = _IDLE
+        self.received = 0
+        self.taken = 0
+        self.dropped = 0
+        self.discarded = 0
+        self.peak = 0
+        self.paused_s = 0.0
+
+    # -- consumer side -------------------------------------------------------------------
+
+    async def pop(self) -> T:
+        """Remove and return the next item, waiting while the buffer is empty.
+
+        Raises:
+            EndOfStream: the input is closed (every upstream closed) and nothing is buffered.
+        """
+        items = self._items
+        if not items:
+            await self._wait_for_item("pop()")
+        item = items.popleft()
+        self.taken += 1
+        if self._producers and len(items) <= self._low:
+            self._release_producers()
+        return item
+
+    async def peek(self) -> T:
+        """Return the next item without removing it, waiting while the buffer is empty.
+
+        Raises:
+            EndOfStream: the input is closed (every upstream closed) and nothing is buffered.
+        """
+        if not self._items:
+            await self._wait_for_item("peek()")
+        return self._items[0]
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        items = self._items
+        if not items:
+            try:
+                await self._wait_for_item("async for")
+            except EndOfStream:
+                raise StopAsyncIteration from None
+        item = items.popleft()
+        self.taken += 1
+        if self._producers and len(items) <= self._low:
+            self._release_producers()
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the input is closed and nothing is left buffered."""
+        return self._closed and not self._items
+
+    @property
+    def closed(self) -> bool:
+        """True once every upstream output has closed (items may still be buffered)."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (
+            f"<Input {self.stream_name}.{self.name} {len(self._items)}/{self.threshold}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    async def _wait_for_item(self, what: str) -> None:
+        """Wait until an item is buffered; raise ``EndOfStream`` if none ever will be."""
+        while not self._items:
+            if self._closed:
+                raise EndOfStream(self.stream_name, self.name)
+            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._getter = getter
+            parked = self._rt.park(what, self, getter)
+            try:
+                await getter
+            finally:
+                self._getter = None
+                if parked:
+                    self._rt.unpark()
+
+    def _take_now(self) -> T:
+        """Synchronous pop for the mimo 1.0 protocol (``IndexError`` when empty)."""
+        item = self._items.popleft()
+        self.taken += 1
+        if self._producers and len(self._items) <= self._low:
+            self._release_producers()
+        return item
+
+    # -- producer side (called by Output) -------------------------------------------------
+
+    def _has_room(self) -> bool:
+        return self._finished or len(self._items) < self.threshold
+
+    def _deliver(self, item: T) -> None:
+        """Buffer one item; the caller has checked there is room (or does not need it)."""
+        self.received += 1
+        if self._finished:
+            self.discarded += 1
+            return
+        items = self._items
+        items.append(item)
+        if len(items) > self.peak:
+            self.peak = len(items)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def _offer(self, item: T, policy: str, source: str) -> None:
+        """Deliver from a source that cannot be paused, applying its overflow ``policy``."""
+        if self._finished or len(self._items) < self.threshold or policy == "buffer":
+            self._deliver(item)
+            return
+        if policy == "drop_newest":
+            self.received += 1
+            self.dropped += 1
+        elif policy == "drop_oldest":
+            self._items.popleft()
+            self.dropped += 1
+            self._deliver(item)
+        elif policy == "latest":
+            self.dropped += len(self._items)
+            self._items.clear()
+            self._deliver(item)
+        else:
+            raise BufferOverflowError(self.stream_name, self.name, self.threshold, source)
+
+    def _release_producers(self) -> None:
+        producers = self._producers
+        self._producers = []
+        for fut in producers:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _upstream_closed(self) -> None:
+        self._open_upstreams -= 1
+        if self._open_upstreams <= 0 and not self._closed:
+            self._closed = True
+            getter = self._getter
+            if getter is not None and not getter.done():
+                getter.set_result(None)
+
+    def _finish(self) -> None:
+        """The consuming stream is done: discard what is left and never block producers."""
+        self._finished = True
+        self.discarded += len(self._items)
+        self._items.clear()
+        self._release_producers()
+
+    def _describe_wait(self) -> str:
+        state = "closed" if self._closed else "empty" if not self._items else "has items"
+        return (
+            f"input {self.name!r} ({state}, {len(self._items)}/{self.threshold} buffered)"
+        )
+
+    def _configure(self, threshold: int, upstreams: int, runtime: StepRuntime) -> None:
+        self.threshold = threshold
+        self._low = threshold // 2
+        self._open_upstreams = upstreams
+        self._closed = upstreams == 0
+        self._rt = runtime
+
+
+class Output(Subject[T]):
+    """A stream's output port: an Rx ``Subject`` whose ``push`` is back-pressured.
+
+    ``await outs.y.push(item)`` delivers ``item`` to every connected input (each gets every
+    item, in push order) and to every Rx subscriber. It suspends while any connected input is
+    full. Subscribe with Rx as usual: ``stream.output('y').pipe(ops.map(str)).subscribe(print)``.
+    """
+
+    def __init__(self, name: str, stream_name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.stream_name = stream_name
+        self.targets: list[Input[T]] = []
+        self.pushed = 0
+        self.closed = False
+        self._rt = _IDLE
+
+    async def push(self, item: T) -> bool:
+        """Deliver ``item`` to every connected input, waiting while any of them is full.
+
+        Returns:
+            ``True`` once the item is accepted.
+
+        Raises:
+            ClosedError: the output was closed before.
+        """
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        targets = self.targets
+        for target in targets:
+            if not target._has_room():
+                await self._wait_for_room()
+                break
+        self.pushed += 1
+        for target in targets:
+            target._deliver(item)
+        if self.observers:
+            self._notify(item)
+        return True
+
+    def close(self) -> None:
+        """End the output: connected inputs see end of stream after the items already pushed.
+
+        Closing twice is harmless. Rx subscribers receive ``on_completed``.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        for target in self.targets:
+            target._upstream_closed()
+        Subject.on_completed(self)
+
+    # Subject is also an Observer; feeding it with on_next would bypass back-pressure.
+    def on_next(self, value: T) -> None:
+        raise MimoError(
+            f"output {self.name!r} of stream {self.stream_name!r} is fed only by its stream: "
+            "use 'await push(item)' inside run(), or add an observable to the workflow with "
+            "workflow.add_source(observable) and pipe it"
+        )
+
+    def _notify(self, item: T) -> None:
+        for observer in list(self.observers):
+            observer.on_next(item)
+
+    def _fail(self, error: Exception) -> None:
+        """Tell Rx subscribers the run ended without closing this output."""
+        if not self.closed:
+            self.closed = True
+            Subject.on_error(self, error)
+
+    def _push_unpaused(self, item: T, policy: str, source: str) -> None:
+        """Deliver from a source that cannot be paused: each full input applies ``policy``."""
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        self.pushed += 1
+        for target in self.targets:
+            target._offer(item, policy, source)
+        if self.observers:
+            self._notify(item)
+
+    async def _wait_for_room(self) -> None:
+        """Park until every connected input has room (or has finished)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            full = next((t for t in self.targets if not t._has_room()), None)
+            if full is None:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            full._producers.append(waiter)
+            parked = self._rt.park("push()", self, waiter)
+            started = time.perf_counter()
+            try:
+                await waiter
+            finally:
+                full.paused_s += time.perf_counter() - started
+                if parked:
+                    self._rt.unpark()
+                if not waiter.done():  # cancelled: do not leave a dead waiter behind
+                    full._producers.remove(waiter)
+
+    def _describe_wait(self) -> str:
+        full = [
+            f"input {t.name!r} of stream {t.stream_name!r} ({len(t._items)}/{t.threshold} full)"
+            for t in self.targets
+            if not t._has_room()
+        ]
+        return f"output {self.name!r} -> " + ", ".join(full or ["(no full input)"])
+
+    def __repr__(self) -> str:
+        return f"<Output {self.stream_name}.{self.name} -> {len(self.targets)} inputs>"

@@ -1,0 +1,367 @@
+"""Stream: a unit of work with named input and output ports.
+
+Two ways to write one (as in the original mimo)::
+
+    class Double(Stream):                       async def double(ins, outs, state):
+        IN = ['x']                                  async for item in ins.x:
+        OUT = ['y']                                     await outs.y.push(item * 2)
+        async def run(self, ins, outs):
+            async for item in ins.x:            Stream(['x'], ['y'], fn=double)
+                await outs.y.push(item * 2)
+
+``run``/``fn`` may also be a plain ``def``: the mimo 1.0 step protocol, driven by
+:func:`drive_step_function` below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import keyword
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+from ._errors import ClosedError, ConfigError
+from ._ports import Input, Output, check_buffer_size
+
+
+class Ports:
+    """The ``ins``/``outs`` handed to ``run``: one attribute per port, in declaration order.
+
+    ``ins.x`` is the port named ``x``; ``ports['x']`` works too, iteration yields the ports
+    in order and ``len(ports)`` counts them.
+    """
+
+    def __init__(self, ports: Sequence[Any]) -> None:
+        self._order = list(ports)
+        for port in self._order:
+            self.__dict__[port.name] = port
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__dict__[name]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name: object) -> bool:
+        return any(port.name == name for port in self._order)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not ports.
+        known = ", ".join(repr(p.name) for p in self._order) or "none"
+        raise AttributeError(f"no port named {name!r} (ports: {known})")
+
+    def __repr__(self) -> str:
+        return f"Ports({', '.join(p.name for p in self._order)})"
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for ``async def`` functions and objects whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an instance's async __call__
+    )
+
+
+def _check_port_names(kind: str, names: Sequence[str], stream: str) -> list[str]:
+    if isinstance(names, str):
+        raise ConfigError(
+            f"{kind} of stream {stream!r} must be a list of port names, not the string "
+            f"{names!r}; write [{names!r}]"
+        )
+    result = list(names)
+    seen: set[str] = set()
+    for name in result:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ConfigError(
+                f"{kind[:-1]} port {name!r} of stream {stream!r} is not a valid Python "
+                "identifier; port names are used as attributes (ins.x, outs.y)"
+            )
+        if name in seen:
+            raise ConfigError(
+                f"{kind[:-1]} port {name!r} of stream {stream!r} is declared twice; "
+                f"{kind[:-1]} names must be unique"
+            )
+        seen.add(name)
+    return result
+
+
+class Stream:
+    """A stream with named inputs (``IN``) and outputs (``OUT``).
+
+    Args:
+        ins: input port names; overrides the class's ``IN``.
+        outs: output port names; overrides the class's ``OUT``.
+        fn: ``fn(ins, outs, state)``, used when the class does not override ``run``.
+        name: the stream's name (default: ``fn.__name__``, else the class name).
+        state: handed to ``fn`` as its third argument (default: a fresh ``dict``).
+        buffer_size: threshold of this stream's inputs (default: the workflow's).
+
+    Raises:
+        ConfigError: a port name is not a unique valid identifier, ``buffer_size`` is below 1,
+            or ``fn`` cannot be called as ``fn(ins, outs, state)``. It is a ``ValueError``.
+    """
+
+    IN: ClassVar[Sequence[str]] = ()
+    OUT: ClassVar[Sequence[str]] = ()
+
+    def __init__(
+        self,
+        ins: Sequence[str] | None = None,
+        outs: Sequence[str] | None = None,
+        fn: Callable[..., Any] | None = None,
+        name: str | None = None,
+        state: Any = None,
+        buffer_size: int | None = None,
+    ) -> None:
+        if name is None:
+            fn_name = getattr(fn, "__name__", None)
+            name = fn_name if fn_name and fn_name != "<lambda>" else type(self).__name__
+        self.name: str = name
+        self.fn = fn
+        self.state: Any = {} if state is None else state
+        if buffer_size is not None:
+            check_buffer_size(buffer_size, f"stream {name!r}")
+        self.buffer_size = buffer_size
+        self.ins: list[str] = _check_port_names("inputs", self.IN if ins is None else ins, name)
+        self.outs: list[str] = _check_port_names(
+            "outputs", self.OUT if outs is None else outs, name
+        )
+        self._inputs: dict[str, Input[Any]] = {n: Input(n, name) for n in self.ins}
+        self._outputs: dict[str, Output[Any]] = {n: Output(n, name) for n in self.outs}
+        if fn is not None and not self._overrides_run():
+            self._check_fn_signature(fn)
+
+    # -- ports ---------------------------------------------------------------------------
+
+    def input(self, name: str) -> Input[Any]:
+        """The input port called ``name`` (raises ``ConfigError`` naming the known ones)."""
+        try:
+            return self._inputs[name]
+        except KeyError:
+            raise ConfigError(
+                f"stream {self.name!r} has no input {name!r}; its inputs are {self.ins}"
+            ) from None
+
+    def output(self, name: str) -> Output[Any]:
+        """The output port called ``name`` (raises ``ConfigError`` naming the known ones)."""
+        try:
+            return self._outputs[name]
+        except KeyError:
+            raise ConfigError(
+                f"stream {self.name!r} has no output {name!r}; its outputs are {self.outs}"
+            ) from None
+
+    # -- behaviour -----------------------------------------------------------------------
+
+    def run(self, ins: Any, outs: Any) -> Any:
+        """Default behaviour: forward each input to the output in the same position.
+
+        Inputs without a matching output are read and dropped; with no inputs, nothing is
+        emitted. This is a mimo 1.0 step function (see :func:`drive_step_function`):
+        it forwards what is buffered and asks to be called again when an output filled up.
+        """
+        more = False
+        outputs = list(outs)
+        for position, port in enumerate(ins):
+            if position < len(outputs):
+                out = outputs[position]
+                for item in port:
+                    if not out.push(item):
+                        more = True
+            else:
+                for _ in port:
+                    pass
+        return more
+
+    async def _execute(self) -> None:
+        """Run the stream's body to completion (called by the workflow in the step's task)."""
+        inputs = Ports(list(self._inputs.values()))
+        outputs = Ports(list(self._outputs.values()))
+        if self._overrides_run() or self.fn is None:
+            body: Callable[[Any, Any], Any] = self.run
+        else:
+            fn, state = self.fn, self.state
+
+            def body(ins: Any, outs: Any) -> Any:
+                return fn(ins, outs, state)
+
+        if self._is_async(body):
+            await body(inputs, outputs)
+        else:
+            await drive_step_function(body, self)
+
+    def _overrides_run(self) -> bool:
+        return type(self).run is not Stream.run
+
+    def _is_async(self, body: Callable[..., Any]) -> bool:
+        if self._overrides_run() or self.fn is None:
+            return is_async_callable(type(self).run)
+        return is_async_callable(self.fn)
+
+    def _check_fn_signature(self, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise ConfigError(f"fn of stream {self.name!r} is not callable: {fn!r}")
+        try:
+            inspect.signature(fn).bind(None, None, None)
+        except TypeError:
+            raise ConfigError(
+                f"fn of stream {self.name!r} must accept (ins, outs, state); "
+                f"its signature is {inspect.signature(fn)}"
+            ) from None
+        except ValueError:  # builtins without a signature: trust the caller
+            pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ins={self.ins} outs={self.outs}>"
+
+
+# -- the mimo 1.0 synchronous protocol -----------------------------------------------------
+
+
+class SyncInput:
+    """Synchronous view of an input for a plain-``def`` stream."""
+
+    __slots__ = ("_port",)
+
+    def __init__(self, port: Input[Any]) -> None:
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        return self._port.name
+
+    def pop(self) -> Any:
+        """Remove and return the next buffered item (``IndexError`` when none is buffered)."""
+        if not self._port._items:
+            raise IndexError(f"input {self._port.name!r} has no buffered item")
+        return self._port._take_now()
+
+    def peek(self) -> Any:
+        """Return the next buffered item (``IndexError`` when none is buffered)."""
+        if not self._port._items:
+            raise IndexError(f"input {self._port.name!r} has no buffered item")
+        return self._port._items[0]
+
+    def __len__(self) -> int:
+        return len(self._port._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Pop the items that are buffered when the loop starts."""
+        port = self._port
+        for _ in range(len(port._items)):
+            yield port._take_now()
+
+    @property
+    def closed(self) -> bool:
+        """True once every upstream has closed (items may still be buffered)."""
+        return self._port._closed
+
+    @property
+    def exhausted(self) -> bool:
+        return self._port.exhausted
+
+
+class SyncOutput:
+    """Synchronous view of an output: ``push`` always accepts and says whether to go on.
+
+    Items are staged and delivered with back-pressure after the step function returns, so
+    an input's buffer never exceeds its threshold even when the function ignores ``False``.
+    """
+
+    __slots__ = ("_close", "_port", "_staged")
+
+    def __init__(self, port: Output[Any]) -> None:
+        self._port = port
+        self._staged: list[Any] = []
+        self._close = False
+
+    @property
+    def name(self) -> str:
+        return self._port.name
+
+    def push(self, item: Any) -> bool:
+        """Accept ``item``; return ``True`` while the output can take more, ``False`` once full."""
+        if self._close or self._port.closed:
+            raise ClosedError(self._port.stream_name, self._port.name)
+        staged = self._staged
+        staged.append(item)
+        pending = len(staged)
+        return all(
+            t._finished or len(t._items) + pending < t.threshold for t in self._port.targets
+        )
+
+    def close(self) -> None:
+        """Close the output once the items pushed so far are delivered."""
+        self._close = True
+
+    async def _flush(self) -> None:
+        port = self._port
+        staged = self._staged
+        while staged:
+            batch = staged[:]
+            staged.clear()
+            for item in batch:
+                await port.push(item)
+        if self._close:
+            port.close()
+
+
+async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -> None:
+    """Run a mimo 1.0 step function until it is done.
+
+    * It returns true: call it again once every input its outputs feed is below threshold.
+    * It returns false: call it again when an input receives an item or closes.
+    * Once every input has closed, it is called until it returns false with nothing left
+      buffered (or without taking anything: then the leftovers are discarded and counted).
+    * With no inputs, it is done the first time it returns false.
+    """
+    inputs = list(stream._inputs.values())
+    outputs = list(stream._outputs.values())
+    ins = Ports([SyncInput(p) for p in inputs])
+    outs_views = [SyncOutput(p) for p in outputs]
+    outs = Ports(outs_views)
+
+    def arrivals() -> int:
+        return sum(p.received for p in inputs) + sum(p._closed for p in inputs)
+
+    while True:
+        taken_before = sum(p.taken for p in inputs)
+        again = step(ins, outs)
+        seen = arrivals()
+        for view in outs_views:
+            await view._flush()
+        if again:
+            for out in outputs:
+                await out._wait_for_room()
+            if not any(out.targets for out in outputs):
+                await asyncio.sleep(0)  # nothing to wait for: still let others run
+            continue
+        if not inputs:
+            return
+        if all(p._closed for p in inputs):
+            if not any(p._items for p in inputs):
+                return
+            if sum(p.taken for p in inputs) == taken_before:
+                return  # it will not take the rest; the workflow counts it as discarded
+            continue
+        if arrivals() == seen:
+            await _wait_for_arrival(inputs, stream)
+
+
+async def _wait_for_arrival(inputs: list[Input[Any]], stream: Stream) -> None:
+    """Park until any of ``inputs`` receives an item or closes."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    for port in inputs:
+        port._getter = waiter
+    runtime = inputs[0]._rt
+    parked = runtime.park("a step function waiting for input", inputs[0], waiter)
+    try:
+        await waiter
+    finally:
+        for port in inputs:
+            port._getter = None
+        if parked:
+            runtime.unpark()

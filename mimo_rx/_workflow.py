@@ -1,0 +1,464 @@
+"""Workflow: steps, the pipes between them, and running the whole graph.
+
+Running is structured: ``start()`` owns one task per step and does not return (or raise)
+before every one of them has ended. The first stream to fail, a deadlock, or the
+cancellation of ``start()`` itself cancels all the others; every Rx subscriber of an
+unfinished output then receives a terminal ``on_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import (
+    ConfigError,
+    DeadlockError, PipeError,
+    StreamError,
+    WorkflowCancelled,
+    WorkflowError,
+)
+from ._monitor import Monitor, StepRuntime
+from ._ports import DEFAULT_BUFFER_SIZE, Input, Output, check_buffer_size
+from ._stream import Stream
+
+# How long cancelled streams get to finish before the run gives up on them.
+CANCEL_GRACE_S = 5.0
+
+STATUSES = ("pending", "running", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """One connection: an output of one step to an input of another (or the same) step."""
+
+    source: Step
+    output: str
+    target: Step
+    input: str
+    buffer_size: int | None
+
+
+class Step:
+    """A stream placed in a workflow. Made by ``Workflow.add_stream``; pipe steps together."""
+
+    def __init__(self, workflow: Workflow, stream: Stream, name: str) -> None:
+        self.workflow = workflow
+        self.stream = stream
+        self.name = name
+        self.status = "pending"
+        self.error: BaseException | None = None
+        # A hot source applies this policy at the inputs it feeds (see _rx.py).
+        self.policy: str | None = None
+
+    def pipe(
+        self,
+        other: Step,
+        output: str | None = None,
+        input: str | None = None,  # noqa: A002 - the contract's keyword
+        buffer_size: int | None = None,
+    ) -> Step:
+        """Connect an output of this step to an input of ``other``; return ``other``.
+
+        Ports are chosen by the first rule that applies (a named side is kept, the other side
+        is resolved by the same rules): explicit names; outputs whose name equals an input of
+        ``other``; the only output to the only unconnected input; the only output to the only
+        input (a merge).
+
+        Raises:
+            PipeError: the ports are unknown or ambiguous, ``other`` belongs to another
+                workflow, or the same output is already piped to the same input.
+        """
+        return self.workflow._pipe(self, other, output, input, buffer_size)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name!r} {self.status}>"
+
+
+class Workflow:
+    """A graph of streams, run from beginning to end with back-pressure.
+
+    Args:
+        buffer_size: the default threshold of every input (1024).
+    """
+
+    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        self.buffer_size = check_buffer_size(buffer_size, "the workflow")
+        self.steps: list[Step] = []
+        self.pipes: list[Pipe] = []
+        self._names: set[str] = set()
+        self._started = False
+        self._run_state = "pending"
+
+    # -- building ------------------------------------------------------------------------
+
+    def add_stream(self, stream: Stream) -> Step:
+        """Add ``stream`` and return its step (named after it, ``-2``, ``-3`` for repeats).
+
+        Raises:
+            ConfigError: the stream was added before (it is a ``ValueError``).
+        """
+        if not isinstance(stream, Stream):
+            raise PipeError(
+                f"add_stream() takes a mimo_rx.Stream, not {type(stream).__name__}; "
+                "wrap functions with Stream(fn=...) or use add_source() for iterables"
+            )
+        if any(step.stream is stream for step in self.steps):
+            raise ConfigError(
+                f"stream {stream.name!r} is already in this workflow; create a second "
+                "Stream object to run the same logic twice"
+            )
+        step = Step(self, stream, self._unique_name(stream.name))
+        for port in (*stream._inputs.values(), *stream._outputs.values()):
+            port.stream_name = step.name
+        self.steps.append(step)
+        return step
+
+    def _unique_name(self, base: str) -> str:
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}-{n}"
+        self._names.add(name)
+        return name
+
+    def _pipe(
+        self,
+        source: Step,
+        target: Step,
+        output: str | None,
+        input: str | None,  # noqa: A002
+        buffer_size: int | None,
+    ) -> Step:
+        if not isinstance(target, Step):
+            raise PipeError(
+                f"pipe() from step {source.name!r} takes a step returned by add_stream() "
+                f"or add_source(), not {type(target).__name__}"
+            )
+        if target.workflow is not self:
+            raise PipeError(
+                f"cannot pipe step {source.name!r} to step {target.name!r}: they belong to "
+                "different workflows; add both streams to the same workflow"
+            )
+        if buffer_size is not None:
+            check_buffer_size(buffer_size, f"the pipe {source.name!r} -> {target.name!r}")
+        pairs = self._resolve_ports(source, target, output, input)
+        for out, inp in pairs:
+            if any(
+                p.source is source and p.output == out and p.target is target and p.input == inp
+                for p in self.pipes
+            ):
+                raise PipeError(
+                    f"output {out!r} of stream {source.name!r} is already piped to input "
+                    f"{inp!r} of stream {target.name!r}; each connection is made once"
+                )
+        for out, inp in pairs:
+            self.pipes.append(Pipe(source, out, target, inp, buffer_size))
+        return target
+
+    def _resolve_ports(
+        self, source: Step, target: Step, output: str | None, input: str | None  # noqa: A002
+    ) -> list[tuple[str, str]]:
+        outs = source.stream.outs
+        ins = target.stream.ins
+        if output is not None and output not in outs:
+            raise PipeError(
+                f"stream {source.name!r} has no output {output!r}; its outputs are {outs}"
+            )
+        if input is not None and input not in ins:
+            raise PipeError(f"stream {target.name!r} has no input {input!r}; its inputs are {ins}")
+        out_candidates = [output] if output is not None else outs
+        in_candidates = [input] if input is not None else ins
+        if not out_candidates:
+            raise PipeError(f"stream {source.name!r} has no outputs to pipe from")
+        if not in_candidates:
+            raise PipeError(f"stream {target.name!r} has no inputs to pipe into")
+        if output is not None and input is not None:
+            return [(output, input)]
+        same = [(name, name) for name in out_candidates if name in in_candidates]
+        if same:
+            return same
+        connected = {p.input for p in self.pipes if p.target is target}
+        unconnected = [name for name in in_candidates if name not in connected]
+        if len(out_candidates) == 1 and len(unconnected) == 1:
+            return [(out_candidates[0], unconnected[0])]
+        if len(out_candidates) == 1 and len(in_candidates) == 1:
+            return [(out_candidates[0], in_candidates[0])]
+        raise PipeError(
+            f"cannot tell which ports to connect from stream {source.name!r} (outputs "
+            f"{out_candidates}) to stream {target.name!r} (inputs {in_candidates}, "
+            f"unconnected {unconnected}); name them: pipe(step, output=..., input=...)"
+        )
+
+    def add_source(self, source: Any, name: str | None = None, policy: str = "buffer") -> Step:
+        """Add a source and return its step, which has one output named ``out``.
+
+        ``source`` may be a ``reactivex.Observable``, an iterable or an async iterable. Iterables,
+        async iterables and cold observables are pulled only as fast as downstream takes them;
+        a hot observable (one that emits after ``subscribe()`` returned, or from another thread)
+        cannot be paused and applies ``policy`` at each input it feeds when that input is full:
+        ``"buffer"``, ``"drop_newest"``, ``"drop_oldest"``, ``"latest"`` or ``"error"``.
+        """
+        from ._rx import make_source
+
+        return self.add_stream(make_source(source, name=name, policy=policy))
+
+    # -- describing ----------------------------------------------------------------------
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart; edges carry live counters once it has run."""
+        from ._render import to_mermaid
+
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT; edges carry live counters once it has run."""
+        from ._render import to_dot
+
+        return to_dot(self)
+
+    def __str__(self) -> str:
+        lines = [f"Workflow: {len(self.steps)} streams, {len(self.pipes)} pipes"]
+        width = max((len(step.name) for step in self.steps), default=0)
+        for step in self.steps:
+            ins = ", ".join(step.stream.ins) or "-"
+            outs = ", ".join(step.stream.outs) or "-"
+            lines.append(f"  {step.name:<{width}}  ins: {ins:<12} outs: {outs}")
+        for p in self.pipes:
+            size = f"  (buffer {p.buffer_size})" if p.buffer_size else ""
+            lines.append(f"  {p.source.name}.{p.output} -> {p.target.name}.{p.input}{size}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {len(self.steps)} streams, {len(self.pipes)} pipes, {self._run_state}>"
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every stream's status and port counters."""
+        streams: dict[str, Any] = {}
+        for step in self.steps:
+            stream = step.stream
+            streams[step.name] = {
+                "status": step.status,
+                "inputs": {name: _input_stats(port) for name, port in stream._inputs.items()},
+                "outputs": {
+                    name: {"pushed": port.pushed} for name, port in stream._outputs.items()
+                },
+            }
+        return {"streams": streams}
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, progress: bool = False) -> None:
+        """Run the workflow to the end, blocking; returns when every stream is done.
+
+        Raises:
+            WorkflowError: called from inside a running event loop (use ``await start()``),
+                the graph is invalid, or the workflow already ran.
+            StreamError: a stream raised; its exception is the ``__cause__``.
+            DeadlockError: every running stream waits and none can move.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise WorkflowError(
+                "Workflow.run() was called while an event loop is running in this thread; "
+                "use 'await workflow.start()' instead"
+            )
+        asyncio.run(self.start(progress=progress))
+
+    async def start(self, progress: bool = False) -> None:
+        """Run the workflow to the end inside the running event loop.
+
+        Cancelling the awaiting task cancels every stream; no task is left behind.
+        Raises the same errors as :meth:`run`.
+        """
+        self._validate()
+        if self._started:
+            raise WorkflowError(
+                "this workflow has already been started; a workflow runs once, build a new one"
+            )
+        self._started = True
+        display = None
+        if progress:
+            from ._progress import start_progress
+
+            display = start_progress(self)
+        try:
+            await _Run(self).run()
+        finally:
+            if display is not None:
+                await display.stop()
+
+    def _validate(self) -> None:
+        fed = {(p.target, p.input) for p in self.pipes}
+        for step in self.steps:
+            for name in step.stream.ins:
+                if (step, name) not in fed:
+                    raise WorkflowError(
+                        f"input {name!r} of stream {step.name!r} has no upstream, so it would "
+                        "wait forever; pipe an output into it or remove the port"
+                    )
+
+    def _threshold(self, step: Step, port: str) -> int:
+        sizes = [
+            p.buffer_size
+            for p in self.pipes
+            if p.target is step and p.input == port and p.buffer_size is not None
+        ]
+        if sizes:
+            return min(sizes)
+        if step.stream.buffer_size is not None:
+            return step.stream.buffer_size
+        return self.buffer_size
+
+
+def _input_stats(port: Input[Any]) -> dict[str, int | float]:
+    return {
+        "received": port.received,
+        "taken": port.taken,
+        "dropped": port.dropped,
+        "discarded": port.discarded,
+        "buffered": len(port._items),
+        "peak_buffered": port.peak,
+        "paused_s": round(port.paused_s, 6),
+        "threshold": port.threshold,
+    }
+
+
+class _Run:
+    """One run of a workflow: the tasks, their supervision and the final bookkeeping."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.loop = asyncio.get_running_loop()
+        self.stop: asyncio.Future[None] = self.loop.create_future()
+        self.monitor = Monitor(self._on_deadlock)
+        self.deadlock: DeadlockError | None = None
+        self.failures: list[StreamError] = []
+        self.remaining = 0
+
+    def _wire(self) -> list[tuple[Step, StepRuntime]]:
+        wf = self.workflow
+        steps = []
+        for step in wf.steps:
+            stream = step.stream
+            runtime = StepRuntime(step.name, None, list(stream._inputs.values()))
+            for name, port in stream._inputs.items():
+                upstreams = sum(1 for p in wf.pipes if p.target is step and p.input == name)
+                port._configure(wf._threshold(step, name), upstreams, runtime)
+            for port in stream._outputs.values():
+                port._rt = runtime
+            self.monitor.add(runtime)
+            steps.append((step, runtime))
+        for p in wf.pipes:
+            out: Output[Any] = p.source.stream._outputs[p.output]
+            out.targets.append(p.target.stream._inputs[p.input])
+        return steps
+
+    async def run(self) -> None:
+        steps = self._wire()
+        self.remaining = len(steps)
+        tasks: list[asyncio.Task[None]] = []
+        for step, runtime in steps:
+            task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
+            runtime.task = task
+            tasks.append(task)
+        self.workflow._run_state = "running"
+        if not tasks:
+            self.workflow._run_state = "done"
+            return
+        try:
+            await asyncio.shield(self.stop)
+        except asyncio.CancelledError:
+            await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
+            raise
+        if self.deadlock is not None:
+            await self._shutdown(tasks, self.deadlock, "failed")
+            raise self.deadlock
+        if self.failures:
+            first = self.failures[0]
+            await self._shutdown(tasks, first, "failed")
+            first.errors = list(self.failures)
+            for other in self.failures[1:]:
+                first.add_note(f"also: {other}")
+            raise first from first.error
+        self.workflow._run_state = "done"
+
+    async def _run_step(self, step: Step, runtime: StepRuntime) -> None:
+        stream = step.stream
+        step.status = "running"
+        try:
+            await stream._execute()
+        except asyncio.CancelledError:
+            step.status = "cancelled"
+            raise
+        except Exception as exc:
+            step.status = "failed"
+            step.error = exc
+            if isinstance(exc, StreamError):  # e.g. BufferOverflowError: already named
+                self.failures.append(exc)
+            else:
+                self.failures.append(_stream_error(step.name, exc))
+            self._stop()
+        else:
+            step.status = "done"
+            for port in stream._outputs.values():
+                port.close()
+        finally:
+            for port in stream._inputs.values():
+                port._finish()
+            self.monitor.finished(runtime)
+            self.remaining -= 1
+            if self.remaining == 0:
+                self._stop()
+
+    def _stop(self) -> None:
+        if not self.stop.done():
+            self.stop.set_result(None)
+
+    def _on_deadlock(self, waits: list[str]) -> None:
+        if self.deadlock is None and not self.stop.done():
+            self.deadlock = DeadlockError(waits)
+            self._stop()
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], reason: Exception, state: str
+    ) -> None:
+        """Cancel every task still running and wait for all of them, within a grace period."""
+        self.workflow._run_state = state
+        for task in tasks:
+            task.cancel()
+        pending = {t for t in tasks if not t.done()}
+        deadline = self.loop.time() + CANCEL_GRACE_S
+        while pending:
+            timeout = deadline - self.loop.time()
+            if timeout <= 0:
+                stuck = ", ".join(repr(t.get_name().removeprefix("mimo_rx:")) for t in pending)
+                raise WorkflowError(
+                    f"stream(s) {stuck} did not stop within {CANCEL_GRACE_S} s of being "
+                    "cancelled; do not swallow asyncio.CancelledError in stream code"
+                ) from reason
+            try:
+                _, pending = await asyncio.wait(pending, timeout=timeout)
+            except asyncio.CancelledError:
+                continue  # cancelled again while cleaning up: finish cleaning up first
+            for task in pending:
+                task.cancel()
+        for step in self.workflow.steps:
+            if step.status in ("pending", "running"):
+                step.status = "cancelled"
+            for port in step.stream._outputs.values():
+                if isinstance(reason, WorkflowCancelled):
+                    port._fail(WorkflowCancelled(step.name, port.name))
+                else:
+                    port._fail(reason)
+
+
+def _stream_error(name: str, exc: BaseException) -> StreamError:
+    error = StreamError(name, exc)
+    error.__cause__ = exc
+    return error
+
