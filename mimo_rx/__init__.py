@@ -18,6 +18,7 @@ from ._errors import (
     WorkflowError,
 )
 from ._ports import Input, Output
+from ._rx import operator, rx_stream
 from ._stream import Stream
 from ._workflow import Step, Workflow
 
@@ -37,6 +38,8 @@ __all__ = [
     "Workflow",
     "WorkflowCancelled",
     "WorkflowError",
+    "operator",
+    "rx_stream",
 ]
 
 __version__ = "0.1.0"

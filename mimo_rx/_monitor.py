@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
@@ -25,18 +25,18 @@ class StepRuntime:
 
     __slots__ = ("busy", "inputs", "monitor", "name", "task", "wait")
 
-    def __init__(self, name: str, monitor: Monitor | None, inputs: list[Input]) -> None:
+    def __init__(self, name: str, monitor: Monitor | None, inputs: list[Input[Any]]) -> None:
         self.name = name
         self.monitor = monitor
         self.inputs = inputs
         self.task: asyncio.Task[None] | None = None
         # (what, port, future) of the wait the step's task is suspended in, if any.
-        self.wait: tuple[str, Input | Output, asyncio.Future[None]] | None = None
+        self.wait: tuple[str, Input[Any] | Output[Any], asyncio.Future[None]] | None = None
         # Library work in flight on the step's behalf (Rx timers, executor jobs): while it is
         # positive the step can make progress without help, so it is never deadlocked.
         self.busy = 0
 
-    def park(self, what: str, port: Input | Output, future: asyncio.Future[None]) -> bool:
+    def park(self, what: str, port: Input[Any] | Output[Any], future: asyncio.Future[None]) -> bool:
         """Record that the step's task suspends on ``future``; returns whether it was recorded.
 
         Only the step's own task is tracked: a helper task a user spawns inside a stream may

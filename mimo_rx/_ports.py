@@ -72,8 +72,9 @@ class Input(Generic[T]):
         "_open_upstreams",
         "_producers",
         "_rt",
-        "dropped",
+        "_upstreams",
         "discarded",
+        "dropped",
         "name",
         "paused_s",
         "peak",
@@ -95,6 +96,7 @@ class Input(Generic[T]):
         self._getter: asyncio.Future[None] | None = None
         self._producers: list[asyncio.Future[None]] = []
         self._rt = _IDLE
+        self._upstreams: list[Output[T]] = []
         self.received = 0
         self.taken = 0
         self.dropped = 0
@@ -246,12 +248,12 @@ class Input(Generic[T]):
         self.discarded += len(self._items)
         self._items.clear()
         self._release_producers()
+        for upstream in self._upstreams:
+            upstream._live_targets -= 1
 
     def _describe_wait(self) -> str:
         state = "closed" if self._closed else "empty" if not self._items else "has items"
-        return (
-            f"input {self.name!r} ({state}, {len(self._items)}/{self.threshold} buffered)"
-        )
+        return f"input {self.name!r} ({state}, {len(self._items)}/{self.threshold} buffered)"
 
     def _configure(self, threshold: int, upstreams: int, runtime: StepRuntime) -> None:
         self.threshold = threshold
@@ -274,6 +276,7 @@ class Output(Subject[T]):
         self.name = name
         self.stream_name = stream_name
         self.targets: list[Input[T]] = []
+        self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
         self.closed = False
         self._rt = _IDLE
@@ -360,6 +363,17 @@ class Output(Subject[T]):
                     self._rt.unpark()
                 if not waiter.done():  # cancelled: do not leave a dead waiter behind
                     full._producers.remove(waiter)
+
+    @property
+    def abandoned(self) -> bool:
+        """True when nothing will ever see another push: every connected input's stream has
+        finished and no Rx observer is subscribed. Sources use it to stop pulling early."""
+        return self._live_targets <= 0 and bool(self.targets) and not self.observers
+
+    def _connect(self, target: Input[T]) -> None:
+        self.targets.append(target)
+        self._live_targets += 1
+        target._upstreams.append(self)
 
     def _describe_wait(self) -> str:
         full = [

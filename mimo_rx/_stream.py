@@ -176,6 +176,9 @@ class Stream:
                     pass
         return more
 
+    def _on_start(self) -> None:
+        """Hook run synchronously when ``start()`` begins, before any stream task runs."""
+
     async def _execute(self) -> None:
         """Run the stream's body to completion (called by the workflow in the step's task)."""
         inputs = Ports(list(self._inputs.values()))
@@ -289,9 +292,7 @@ class SyncOutput:
         staged = self._staged
         staged.append(item)
         pending = len(staged)
-        return all(
-            t._finished or len(t._items) + pending < t.threshold for t in self._port.targets
-        )
+        return all(t._finished or len(t._items) + pending < t.threshold for t in self._port.targets)
 
     def close(self) -> None:
         """Close the output once the items pushed so far are delivered."""

@@ -14,7 +14,8 @@ from typing import Any
 
 from ._errors import (
     ConfigError,
-    DeadlockError, PipeError,
+    DeadlockError,
+    PipeError,
     StreamError,
     WorkflowCancelled,
     WorkflowError,
@@ -56,7 +57,7 @@ class Step:
         self,
         other: Step,
         output: str | None = None,
-        input: str | None = None,  # noqa: A002 - the contract's keyword
+        input: str | None = None,
         buffer_size: int | None = None,
     ) -> Step:
         """Connect an output of this step to an input of ``other``; return ``other``.
@@ -100,7 +101,7 @@ class Workflow:
             ConfigError: the stream was added before (it is a ``ValueError``).
         """
         if not isinstance(stream, Stream):
-            raise PipeError(
+            raise ConfigError(
                 f"add_stream() takes a mimo_rx.Stream, not {type(stream).__name__}; "
                 "wrap functions with Stream(fn=...) or use add_source() for iterables"
             )
@@ -110,8 +111,10 @@ class Workflow:
                 "Stream object to run the same logic twice"
             )
         step = Step(self, stream, self._unique_name(stream.name))
-        for port in (*stream._inputs.values(), *stream._outputs.values()):
-            port.stream_name = step.name
+        for inp in stream._inputs.values():
+            inp.stream_name = step.name
+        for out in stream._outputs.values():
+            out.stream_name = step.name
         self.steps.append(step)
         return step
 
@@ -128,7 +131,7 @@ class Workflow:
         source: Step,
         target: Step,
         output: str | None,
-        input: str | None,  # noqa: A002
+        input: str | None,
         buffer_size: int | None,
     ) -> Step:
         if not isinstance(target, Step):
@@ -158,7 +161,7 @@ class Workflow:
         return target
 
     def _resolve_ports(
-        self, source: Step, target: Step, output: str | None, input: str | None  # noqa: A002
+        self, source: Step, target: Step, output: str | None, input: str | None
     ) -> list[tuple[str, str]]:
         outs = source.stream.outs
         ins = target.stream.ins
@@ -346,21 +349,22 @@ class _Run:
         for step in wf.steps:
             stream = step.stream
             runtime = StepRuntime(step.name, None, list(stream._inputs.values()))
-            for name, port in stream._inputs.items():
+            for name, inp in stream._inputs.items():
                 upstreams = sum(1 for p in wf.pipes if p.target is step and p.input == name)
-                port._configure(wf._threshold(step, name), upstreams, runtime)
-            for port in stream._outputs.values():
-                port._rt = runtime
+                inp._configure(wf._threshold(step, name), upstreams, runtime)
+            for out in stream._outputs.values():
+                out._rt = runtime
             self.monitor.add(runtime)
             steps.append((step, runtime))
         for p in wf.pipes:
-            out: Output[Any] = p.source.stream._outputs[p.output]
-            out.targets.append(p.target.stream._inputs[p.input])
+            p.source.stream._outputs[p.output]._connect(p.target.stream._inputs[p.input])
         return steps
 
     async def run(self) -> None:
         steps = self._wire()
         self.remaining = len(steps)
+        for step, _ in steps:
+            step.stream._on_start()
         tasks: list[asyncio.Task[None]] = []
         for step, runtime in steps:
             task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
@@ -405,11 +409,11 @@ class _Run:
             self._stop()
         else:
             step.status = "done"
-            for port in stream._outputs.values():
-                port.close()
+            for out in stream._outputs.values():
+                out.close()
         finally:
-            for port in stream._inputs.values():
-                port._finish()
+            for inp in stream._inputs.values():
+                inp._finish()
             self.monitor.finished(runtime)
             self.remaining -= 1
             if self.remaining == 0:
@@ -461,4 +465,3 @@ def _stream_error(name: str, exc: BaseException) -> StreamError:
     error = StreamError(name, exc)
     error.__cause__ = exc
     return error
-

@@ -1,0 +1,315 @@
+"""map_stream: one stage that runs ``fn`` on many items at once, with back-pressure intact.
+
+``map_stream(fn, concurrency=4)`` is a one-input (``x``), one-output (``y``) stream. An
+``async def fn`` runs as up to ``concurrency`` tasks on the event loop; a plain ``fn`` runs on
+a ``concurrent.futures.Executor``: threads, processes, or a Dask cluster
+(``distributed.Client(...).get_executor()``). The API follows aiostream's
+``map(task_limit=...)`` and Akka's ``mapAsync``/``mapAsyncUnordered``.
+
+Timing with ``concurrency=2``, ``ordered=True`` (``[a]`` = ``fn(a)`` in flight)::
+
+    x:      a--b--c---------d----|
+    jobs:   [a---] [c---------]
+               [b---------] [d--]
+    y:      ------a-----b---c---d|      b waits for nothing, c waits for b, a slot frees
+                                        only when its result has been pushed
+
+With ``ordered=False`` each result goes out as soon as it is ready.
+
+Invariants (the stream's own task does every ``pop`` and every ``push``):
+
+* **At most ``concurrency`` items in flight.** An item counts from the moment it is taken from
+  ``x`` until its result has been pushed, so ordered results waiting for an earlier one count
+  too: memory stays bounded by ``concurrency`` results.
+* **Back-pressure crosses the executor.** New items are submitted only by the stream's task,
+  and never while it is suspended in ``await y.push(...)``: a full downstream stops
+  submission, and the jobs already submitted are the only work that continues.
+* **Not a deadlock while jobs run.** Jobs in flight can finish without any other stream's help,
+  so they are counted in ``StepRuntime.busy`` (see ``_monitor.py``) until they complete.
+* **Nothing left behind.** When the stream ends early (an error, the workflow failing or being
+  cancelled) every job not yet finished is cancelled: asyncio tasks are cancelled *and awaited*;
+  executor jobs not yet started never start, and Dask futures are released on the scheduler. A
+  job already running in a thread or a process cannot be interrupted by Python: it runs to its
+  end and its result is dropped.
+* **Errors keep their type.** An exception raised by ``fn`` (also on a remote worker) ends the
+  stream with that exception, so the workflow raises ``StreamError`` with it as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._errors import ConfigError, EndOfStream
+from ._monitor import StepRuntime
+from ._ports import Input, Output
+from ._stream import Ports, Stream, is_async_callable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_Future = asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+
+def map_stream(
+    fn: Callable[[Any], Any],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    executor: concurrent.futures.Executor | None = None,
+    name: str | None = None,
+) -> Stream:
+    """Return a stream (input ``x``, output ``y``) that pushes ``fn(item)`` for each item.
+
+    Args:
+        fn: ``async def fn(item)`` runs as a task on the event loop; a plain ``fn(item)`` runs
+            on ``executor``.
+        concurrency: the most items in flight at once (taken from ``x`` but not yet pushed).
+        ordered: ``True`` pushes results in input order; ``False`` as they complete.
+        executor: any ``concurrent.futures.Executor`` for a plain ``fn``: a
+            ``ThreadPoolExecutor``, a ``ProcessPoolExecutor`` or a Dask client's
+            ``client.get_executor()``. ``None`` uses the event loop's default executor (threads).
+        name: the stream's name (default: ``fn.__name__``; ``'map_stream'`` for a lambda).
+
+    Returns:
+        A ``Stream`` to add to a workflow with ``add_stream``.
+
+    Raises:
+        ConfigError: ``fn`` is not callable, ``concurrency`` is not an integer >= 1,
+            ``executor`` is not a ``concurrent.futures.Executor``, or an ``executor`` is given
+            for an ``async def fn`` (which always runs on the loop). It is a ``ValueError``.
+    """
+    return _MapStream(fn, concurrency, ordered, executor, name)
+
+
+def _default_name(fn: object) -> str:
+    fn_name = getattr(fn, "__name__", None)
+    if isinstance(fn_name, str) and fn_name and fn_name != "<lambda>":
+        return fn_name
+    return "map_stream"
+
+
+class _MapStream(Stream):
+    """The stream :func:`map_stream` returns; its ``run`` drives a :class:`_Jobs`."""
+
+    IN = ("x",)
+    OUT = ("y",)
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        concurrency: int,
+        ordered: bool,
+        executor: concurrent.futures.Executor | None,
+        name: str | None,
+    ) -> None:
+        stream_name = _default_name(fn) if name is None else name
+        if not callable(fn):
+            raise ConfigError(f"fn of map_stream {stream_name!r} is not callable: {fn!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(
+                f"concurrency of map_stream {stream_name!r} must be an integer >= 1, "
+                f"not {concurrency!r}"
+            )
+        is_async = is_async_callable(fn)
+        if executor is not None:
+            if not isinstance(executor, concurrent.futures.Executor):
+                raise ConfigError(
+                    f"executor of map_stream {stream_name!r} must be a "
+                    f"concurrent.futures.Executor (a thread or process pool, or a Dask "
+                    f"client.get_executor()), not {type(executor).__name__}"
+                )
+            if is_async:
+                raise ConfigError(
+                    f"fn of map_stream {stream_name!r} is an async function, which runs as "
+                    "tasks on the event loop; executor= is for plain functions: drop it, or "
+                    "pass a plain def"
+                )
+        super().__init__(name=stream_name)
+        self.func = fn
+        self.concurrency = concurrency
+        self.ordered = bool(ordered)
+        self.executor = executor
+        self.fn_is_async = is_async
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        x: Input[Any] = ins.x
+        y: Output[Any] = outs.y
+        jobs = _Jobs(self, x._rt)
+        limit = self.concurrency
+        try:
+            while True:
+                # Push what is ready first: a full downstream parks us here, and while we are
+                # parked nothing new is submitted.
+                while (job := jobs.next_ready()) is not None:
+                    await y.push(jobs.result(job))
+                # Fill the free slots from what is buffered (these pops do not suspend).
+                while jobs.in_flight < limit and len(x):
+                    jobs.submit(await x.pop())
+                if not jobs.in_flight:
+                    # Nothing runs on our behalf: a plain wait on the input, which the
+                    # deadlock monitor tracks like any other.
+                    try:
+                        item = await x.pop()
+                    except EndOfStream:
+                        return
+                    jobs.submit(item)
+                    continue
+                await jobs.wait(x if jobs.in_flight < limit else None)
+        finally:
+            await jobs.close()
+
+
+class _Job:
+    """One call of ``fn``: its future and whether it has completed."""
+
+    __slots__ = ("done", "future")
+
+    def __init__(self, future: _Future) -> None:
+        self.future = future
+        self.done = False
+
+
+class _Jobs:
+    """The jobs of one run of a map_stream, in submission order, and their bookkeeping.
+
+    Completion callbacks run on the event loop (an executor's are moved there with
+    ``call_soon_threadsafe``); they only mark the job done, update ``busy`` and wake the
+    stream's task, which does everything else.
+    """
+
+    def __init__(self, stream: _MapStream, runtime: StepRuntime) -> None:
+        self.stream = stream
+        self.runtime = runtime
+        self.loop = asyncio.get_running_loop()
+        self.jobs: deque[_Job] = deque()  # submitted, result not yet pushed, in input order
+        self.finished: deque[_Job] = deque()  # completed, in completion order (unordered)
+        self.running = 0  # jobs not yet completed, counted in runtime.busy
+        self.wake: asyncio.Future[None] | None = None
+        self.closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.jobs)
+
+    def submit(self, item: Any) -> None:
+        stream = self.stream
+        future: _Future
+        if stream.fn_is_async:
+            awaitable = stream.func(item)
+            if not asyncio.iscoroutine(awaitable):
+                awaitable = _await(awaitable)
+            future = self.loop.create_task(awaitable, name=f"mimo_rx:{stream.name}:job")
+        elif stream.executor is None:
+            future = self.loop.run_in_executor(None, _call_local, stream.func, item)
+        else:
+            # Chained by hand rather than with asyncio.wrap_future, which never completes (and
+            # so would hang the stream) when fn raises StopIteration.
+            future = stream.executor.submit(stream.func, item)
+        job = _Job(future)
+        self.jobs.append(job)
+        self.running += 1
+        self.runtime.busy += 1
+        if isinstance(future, concurrent.futures.Future):
+            future.add_done_callback(lambda _: self._from_thread(job))
+        else:
+            future.add_done_callback(lambda _: self._completed(job))
+
+    def _from_thread(self, job: _Job) -> None:
+        # A job that outlives the run (a thread cannot be interrupted) may finish after the
+        # loop has closed: nobody waits for it any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._completed, job)
+
+    def _completed(self, job: _Job) -> None:
+        if self.closed or job.done:
+            return
+        job.done = True
+        self.running -= 1
+        runtime = self.runtime
+        runtime.busy -= 1
+        if runtime.busy == 0 and runtime.monitor is not None:
+            runtime.monitor.recheck()
+        if not self.stream.ordered:
+            self.finished.append(job)
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def next_ready(self) -> _Job | None:
+        """The next job whose result may be pushed now, removed from the in-flight jobs."""
+        if self.stream.ordered:
+            if self.jobs and self.jobs[0].done:
+                return self.jobs.popleft()
+            return None
+        if self.finished:
+            job = self.finished.popleft()
+            self.jobs.remove(job)
+            return job
+        return None
+
+    def result(self, job: _Job) -> Any:
+        future = job.future
+        if future.cancelled():
+            raise RuntimeError(
+                f"a job of map_stream {self.stream.name!r} was cancelled outside the workflow "
+                "(was its executor shut down while the workflow ran?)"
+            )
+        try:
+            return future.result()
+        except StopIteration as exc:  # a coroutine cannot raise it: say what happened
+            raise RuntimeError(
+                f"fn of map_stream {self.stream.name!r} raised StopIteration"
+            ) from exc
+
+    async def wait(self, x: Input[Any] | None) -> None:
+        """Wait until a job completes or, when ``x`` is given, an item arrives or ``x`` closes."""
+        wake: asyncio.Future[None] = self.loop.create_future()
+        self.wake = wake
+        # The input's getter is the future an arriving item (or the close) resolves; only this
+        # task reads x, so the slot is ours. The wait is not parked with the deadlock monitor:
+        # the jobs in flight (busy) can end it without help.
+        listen = x is not None and not x._closed and not x._items
+        if listen:
+            assert x is not None
+            x._getter = wake
+        try:
+            await wake
+        finally:
+            self.wake = None
+            if listen:
+                assert x is not None
+                if x._getter is wake:
+                    x._getter = None
+
+    async def close(self) -> None:
+        """Cancel every job still running; await the tasks so none is left behind."""
+        tasks: list[asyncio.Future[Any]] = []
+        for job in self.jobs:
+            if not job.done:
+                job.future.cancel()
+                if isinstance(job.future, asyncio.Future):
+                    tasks.append(job.future)
+        self.closed = True
+        self.runtime.busy -= self.running
+        self.running = 0
+        self.jobs.clear()
+        self.finished.clear()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+async def _await(awaitable: Awaitable[R]) -> R:
+    return await awaitable
+
+
+def _call_local(fn: Callable[[T], R], item: T) -> R:
+    """Run ``fn(item)`` on the default executor; StopIteration cannot cross into a Future."""
+    try:
+        return fn(item)
+    except StopIteration as exc:
+        raise RuntimeError(f"{_default_name(fn)} raised StopIteration") from exc

@@ -1,0 +1,552 @@
+"""Rx adapters: sources of every kind, Rx operators as streams, and the loop scheduler.
+
+Sources (``Workflow.add_source``):
+
+* **Iterables and async iterables** are pulled one item per ``await push``: true back-pressure.
+* **Observables** are subscribed on a worker thread when ``start()`` begins (``start()`` waits
+  until ``subscribe()`` has returned or started emitting, so nothing emitted after that is
+  missed). What the observable emits *on that thread while subscribe() runs* is a cold,
+  synchronous sequence (``reactivex.range``, ``from_iterable``): the worker blocks when the
+  hand-off to the loop holds ``HANDOFF_ITEMS`` items, so the source is truly paused and never
+  drained into memory. Anything emitted later, or from another thread (a ``Subject`` fed by
+  the application, a timer), is hot: it cannot be paused, and each input it feeds applies the
+  source's overflow policy when full.
+
+Every item, cold or hot, travels through one ordered hand-off, so items reach the loop in the
+order they were emitted, whatever thread emitted them.
+
+Operators (``operator`` and ``rx_stream``) feed the items of their inputs into Rx subjects on
+the loop and push what the Rx chain emits with back-pressure. Time-based operators run on the
+workflow's event loop through :class:`LoopScheduler`, which also tells the deadlock monitor
+that a stream with pending timers can still make progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from reactivex import abc as rx_abc
+from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex.subject import Subject
+
+from ._errors import ConfigError
+from ._monitor import StepRuntime
+from ._ports import POLICIES, Output
+from ._stream import Ports, Stream
+
+# How many items a cold observable may run ahead of the loop before its thread is paused.
+HANDOFF_ITEMS = 1024
+
+# How long start() waits (blocking the loop) for an observable's subscribe() to return or emit.
+SUBSCRIBE_WAIT_S = 1.0
+
+
+class _Stop(BaseException):
+    """Unwinds a paused cold observable's thread when the workflow no longer wants items.
+
+    A ``BaseException`` so that Rx's ``except Exception`` handlers do not turn it into
+    ``on_error``.
+    """
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def make_source(source: Any, name: str | None, policy: str) -> Stream:
+    """Wrap ``source`` in a stream with one output ``out`` (see ``Workflow.add_source``)."""
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"policy {policy!r} of source {name or 'source'!r} is unknown; "
+            f"choose one of {', '.join(POLICIES)}"
+        )
+    if isinstance(source, rx_abc.ObservableBase):
+        return ObservableSource(source, name=name or "source", policy=policy)
+    if isinstance(source, AsyncIterable):
+        return AsyncIterableSource(source, name=name or "source")
+    if isinstance(source, Iterable):
+        return IterableSource(source, name=name or "source")
+    raise ConfigError(
+        f"source {name or 'source'!r} must be a reactivex Observable, an iterable or an async "
+        f"iterable, not {type(source).__name__}"
+    )
+
+
+class IterableSource(Stream):
+    """Pulls a plain iterable one item per ``await push``."""
+
+    OUT = ("out",)
+
+    def __init__(self, iterable: Iterable[Any], name: str) -> None:
+        super().__init__(name=name)
+        self.iterable = iterable
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        out: Output[Any] = outs.out
+        push = out.push
+        for item in self.iterable:
+            await push(item)
+            if out.abandoned:
+                return  # every consumer finished: stop pulling
+
+
+class AsyncIterableSource(Stream):
+    """Pulls an async iterable (or async generator) one item per ``await push``."""
+
+    OUT = ("out",)
+
+    def __init__(self, iterable: AsyncIterable[Any], name: str) -> None:
+        super().__init__(name=name)
+        self.iterable = iterable
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        iterator = aiter(self.iterable)
+        out: Output[Any] = outs.out
+        push = out.push
+        try:
+            async for item in iterator:
+                await push(item)
+                if out.abandoned:
+                    return  # every consumer finished: stop pulling
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class _Handoff:
+    """The ordered, thread-safe hand-off from an observable's threads to the loop.
+
+    Entries are ``(kind, value)``: ``"cold"`` items are pushed with back-pressure, ``"hot"``
+    items with the overflow policy, then one terminal ``"completed"`` or ``"error"``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entries: deque[tuple[str, Any]] = deque()
+        self.lock = threading.Condition(threading.Lock())
+        self.waiter: asyncio.Future[None] | None = None  # the source task, waiting for entries
+        self.wake_scheduled = False
+        self.stopped = False  # the source task ended: producers must stop
+        self.terminated = False  # a terminal signal was received: ignore anything after it
+
+    def put(self, kind: str, value: Any, block: bool) -> None:
+        """Append an entry (from any thread); block a cold producer while the hand-off is full."""
+        with self.lock:
+            if self.stopped:
+                if block:
+                    raise _Stop
+                return
+            if self.terminated:
+                return  # a misbehaving source: nothing after the terminal signal counts
+            if kind in ("completed", "error"):
+                self.terminated = True
+            if block:
+                while len(self.entries) >= HANDOFF_ITEMS and not self.stopped:
+                    self._schedule_wake()
+                    self.lock.wait()
+                if self.stopped:
+                    raise _Stop
+                # Cold items are handed over in batches: the loop is woken when the hand-off
+                # is full or subscribe() returns, not once per item.
+                self.entries.append((kind, value))
+                return
+            self.entries.append((kind, value))
+            self._schedule_wake()
+
+    def flush(self) -> None:
+        """Wake the loop for whatever is waiting in the hand-off (subscribe() returned)."""
+        with self.lock:
+            if self.entries:
+                self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        # Called with the lock held; at most one wake-up is in flight at a time.
+        if self.wake_scheduled:
+            return
+        self.wake_scheduled = True
+        if _on_loop_thread(self.loop):
+            self._wake()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take_all(self) -> list[tuple[str, Any]]:
+        with self.lock:
+            batch = list(self.entries)
+            self.entries.clear()
+            self.wake_scheduled = False
+            self.lock.notify_all()
+        return batch
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.lock.notify_all()
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class _SourceObserver(rx_abc.ObserverBase[Any]):
+    """Classifies each signal as cold (emitted on our thread during subscribe) or hot."""
+
+    def __init__(self, handoff: _Handoff) -> None:
+        self.handoff = handoff
+        self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
+        self.first_signal = threading.Event()
+
+    def _cold(self) -> bool:
+        return threading.get_ident() == self.cold_thread
+
+    def on_next(self, value: Any) -> None:
+        cold = self._cold()
+        self.first_signal.set()
+        self.handoff.put("cold" if cold else "hot", value, block=cold)
+
+    def on_error(self, error: Exception) -> None:
+        self.first_signal.set()
+        self.handoff.put("error", error, block=False)
+
+    def on_completed(self) -> None:
+        self.first_signal.set()
+        self.handoff.put("completed", None, block=False)
+
+
+class ObservableSource(Stream):
+    """An observable as a source; see the module docstring for how it is paused."""
+
+    OUT = ("out",)
+
+    def __init__(self, observable: rx_abc.ObservableBase[Any], name: str, policy: str) -> None:
+        super().__init__(name=name)
+        self.observable = observable
+        self.policy = policy
+        self._handoff: _Handoff | None = None
+        self._subscription: rx_abc.DisposableBase | None = None
+        self._thread: threading.Thread | None = None
+
+    def _on_start(self) -> None:
+        """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
+        handoff = _Handoff(asyncio.get_running_loop())
+        observer = _SourceObserver(handoff)
+        subscribed = threading.Event()
+        self._handoff = handoff
+
+        def subscribe() -> None:
+            observer.cold_thread = threading.get_ident()
+            try:
+                self._subscription = self.observable.subscribe(observer)
+            except _Stop:
+                pass
+            except Exception as exc:  # subscribe() itself failed
+                handoff.put("error", exc, block=False)
+            finally:
+                observer.cold_thread = None
+                handoff.flush()
+                subscribed.set()
+                observer.first_signal.set()
+
+        self._thread = threading.Thread(
+            target=subscribe, name=f"mimo_rx source {self.name}", daemon=True
+        )
+        self._thread.start()
+        observer.first_signal.wait(SUBSCRIBE_WAIT_S)
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        handoff = self._handoff
+        assert handoff is not None, "the workflow subscribes sources before running them"
+        out: Output[Any] = outs.out
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = handoff.take_all()
+                if not batch:
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    handoff.waiter = waiter
+                    try:
+                        # A hot source or a thread: it makes progress without us, so this
+                        # wait is not a deadlock candidate.
+                        await waiter
+                    finally:
+                        handoff.waiter = None
+                    continue
+                for kind, value in batch:
+                    if kind == "cold":
+                        await out.push(value)
+                    elif kind == "hot":
+                        out._push_unpaused(value, self.policy, self.name)
+                    elif kind == "completed":
+                        return
+                    else:
+                        raise value
+                if out.abandoned:
+                    return  # every consumer finished: stop the observable
+        finally:
+            handoff.stop()
+            if self._subscription is not None:
+                self._subscription.dispose()
+
+
+# -- the loop scheduler ------------------------------------------------------------------------
+
+
+class LoopScheduler(AsyncIOThreadSafeScheduler):
+    """Runs Rx time operators on the workflow's loop and counts what they have scheduled.
+
+    While an operator stream has scheduled work pending it can make progress on its own, so
+    the deadlock monitor must not count it as stuck (``StepRuntime.busy``).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runtime: StepRuntime) -> None:
+        super().__init__(loop)
+        self.runtime = runtime
+        self._lock = threading.Lock()
+
+    def _track(self) -> Callable[[], None]:
+        with self._lock:
+            self.runtime.busy += 1
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            with self._lock:
+                if finished:
+                    return
+                finished = True
+                self.runtime.busy -= 1
+                idle = self.runtime.busy == 0
+            if idle and self.runtime.monitor is not None and _on_loop_thread(self._loop):
+                self.runtime.monitor.recheck()
+
+        return finish
+
+    def schedule(self, action: Any, state: Any = None) -> rx_abc.DisposableBase:
+        finish = self._track()
+
+        def run(scheduler: Any, st: Any) -> Any:
+            finish()
+            return action(scheduler, st)
+
+        return CompositeDisposable(super().schedule(run, state), Disposable(finish))
+
+    def schedule_relative(
+        self, duetime: Any, action: Any, state: Any = None
+    ) -> rx_abc.DisposableBase:
+        finish = self._track()
+
+        def run(scheduler: Any, st: Any) -> Any:
+            finish()
+            return action(scheduler, st)
+
+        return CompositeDisposable(
+            super().schedule_relative(duetime, run, state), Disposable(finish)
+        )
+
+
+# -- operators as streams -----------------------------------------------------------------------
+
+
+class _Collector(rx_abc.ObserverBase[Any]):
+    """Collects what one result observable emits, and wakes the stream's task."""
+
+    def __init__(self, owner: RxStream, index: int) -> None:
+        self.owner = owner
+        self.index = index
+
+    def on_next(self, value: Any) -> None:
+        self.owner._emit(("next", self.index, value))
+
+    def on_error(self, error: Exception) -> None:
+        self.owner._emit(("error", self.index, error))
+
+    def on_completed(self) -> None:
+        self.owner._emit(("completed", self.index, None))
+
+
+class RxStream(Stream):
+    """A stream whose inputs are Rx subjects and whose outputs follow Rx observables.
+
+    ``fn`` gets one observable per input and returns one observable (one output) or a
+    tuple/list/dict of them (several outputs). Items emitted are pushed downstream with
+    back-pressure; the stream ends when every result observable has completed.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        ins: Sequence[str],
+        outs: Sequence[str],
+        name: str,
+    ) -> None:
+        super().__init__(ins=ins, outs=outs, name=name)
+        self.rx_fn = fn
+        self._events: deque[tuple[str, int, Any]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _emit(self, event: tuple[str, int, Any]) -> None:
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            self._record(event)
+        else:  # an operator that runs on its own thread: hand over to the loop
+            loop.call_soon_threadsafe(self._record, event)
+
+    def _record(self, event: tuple[str, int, Any]) -> None:
+        self._events.append(event)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _results(self, subjects: list[Subject[Any]]) -> list[rx_abc.ObservableBase[Any]]:
+        result = self.rx_fn(*subjects)
+        names = self.outs
+        if isinstance(result, rx_abc.ObservableBase):
+            results = [result]
+        elif isinstance(result, Mapping):
+            unknown = set(result) - set(names)
+            missing = set(names) - set(result)
+            if unknown or missing:
+                raise ConfigError(
+                    f"rx_stream {self.name!r} returned observables for {sorted(result)}, but "
+                    f"its outputs are {names}; return exactly one per output"
+                )
+            results = [result[name] for name in names]
+        elif isinstance(result, (tuple, list)):
+            results = list(result)
+        else:
+            raise ConfigError(
+                f"rx_stream {self.name!r} must return an Observable, or a tuple/dict of them, "
+                f"not {type(result).__name__}"
+            )
+        if len(results) != len(names):
+            raise ConfigError(
+                f"rx_stream {self.name!r} returned {len(results)} observables for "
+                f"{len(names)} outputs {names}; return one per output, in order"
+            )
+        for obs in results:
+            if not isinstance(obs, rx_abc.ObservableBase):
+                raise ConfigError(
+                    f"rx_stream {self.name!r} returned {type(obs).__name__} where an "
+                    "Observable was expected"
+                )
+        return results
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        inputs = list(ins)
+        outputs: list[Output[Any]] = list(outs)
+        runtime = inputs[0]._rt if inputs else outputs[0]._rt if outputs else None
+        scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
+        subjects: list[Subject[Any]] = [Subject() for _ in inputs]
+        subscriptions = [
+            obs.subscribe(_Collector(self, i), scheduler=scheduler)
+            for i, obs in enumerate(self._results(subjects))
+        ]
+        open_results = len(subscriptions)
+        fed_closed = [False] * len(inputs)
+        events = self._events
+        try:
+            while True:
+                while events:
+                    kind, index, value = events.popleft()
+                    if kind == "next":
+                        await outputs[index].push(value)
+                    elif kind == "completed":
+                        outputs[index].close()
+                        open_results -= 1
+                    else:
+                        raise value
+                if open_results == 0:
+                    return  # every result completed (take(n) and friends): inputs detach
+                fed = False
+                for i, port in enumerate(inputs):
+                    if port._items:
+                        subjects[i].on_next(port._take_now())
+                        fed = True
+                    elif port._closed and not fed_closed[i]:
+                        fed_closed[i] = True
+                        subjects[i].on_completed()
+                        fed = True
+                if fed or events:
+                    continue
+                await self._wait(inputs, runtime, loop)
+        finally:
+            for subscription in subscriptions:
+                subscription.dispose()
+
+    async def _wait(
+        self,
+        inputs: list[Any],
+        runtime: StepRuntime | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Wait for an input to receive or close, or for the Rx chain to emit."""
+        wake: asyncio.Future[None] = loop.create_future()
+        self._wake = wake
+        waiting = [p for p in inputs if not p._closed]
+        for port in waiting:
+            port._getter = wake
+        # With timers pending the stream can still make progress (runtime.busy > 0): the
+        # monitor checks that, so parking here is safe.
+        parked = (
+            runtime.park("an Rx operator waiting for input", waiting[0], wake)
+            if runtime is not None and waiting
+            else False
+        )
+        try:
+            await wake
+        finally:
+            self._wake = None
+            for port in waiting:
+                port._getter = None
+            if parked and runtime is not None:
+                runtime.unpark()
+
+
+def operator(op: Callable[[Any], Any], name: str | None = None) -> Stream:
+    """A one-input (``x``), one-output (``y``) stream applying the Rx operator ``op``.
+
+    Example: ``operator(ops.map(str))``, ``operator(ops.buffer_with_count(10))``,
+    ``operator(ops.debounce(0.1))`` (time operators run on the workflow's event loop).
+    """
+    if not callable(op):
+        raise ConfigError(
+            f"operator {name or 'operator'!r} takes an Rx operator such as ops.map(f), "
+            f"not {type(op).__name__}"
+        )
+    return RxStream(lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator")
+
+
+def rx_stream(
+    fn: Callable[..., Any],
+    ins: Sequence[str],
+    outs: Sequence[str],
+    name: str | None = None,
+) -> Stream:
+    """A stream whose inputs are handed to ``fn`` as Rx observables, in order.
+
+    ``fn`` returns one observable, or a tuple/dict of observables for several outputs, e.g.
+    ``rx_stream(lambda a, b: reactivex.zip(a, b), ins=['a', 'b'], outs=['pair'])``.
+    """
+    if not callable(fn):
+        raise ConfigError(f"rx_stream takes a function of observables, not {type(fn).__name__}")
+    if name is None:
+        fn_name = getattr(fn, "__name__", "rx_stream")
+        name = "rx_stream" if fn_name == "<lambda>" else fn_name
+    return RxStream(fn, ins=ins, outs=outs, name=name)
