@@ -9,6 +9,7 @@
     │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
     ├── WorkflowError (RuntimeError)  a workflow that cannot be run as asked
     ├── StreamError                 user code (or an Rx operator/source) in one stream raised
+    │   └── SourceOverflowError     (also a BufferOverflowError) what run() raises for one
     ├── BufferOverflowError         a hot source overflowed an input whose policy is "error"
     ├── DeadlockError               every live stream waits on another one: nothing can move
     └── WorkflowCancelled           sent to Rx subscribers when the run was cancelled
@@ -76,7 +77,7 @@ class StreamError(MimoError):
         self.stream = stream
         self.error = error
         self.errors: list[StreamError] = [self]
-        super().__init__(f"stream {stream!r} failed: {type(error).__name__}: {error}")
+        MimoError.__init__(self, f"stream {stream!r} failed: {type(error).__name__}: {error}")
 
 
 class BufferOverflowError(MimoError):
@@ -91,6 +92,21 @@ class BufferOverflowError(MimoError):
             f"source {source!r} cannot be paused; raise its buffer_size or choose another "
             'policy ("buffer", "drop_newest", "drop_oldest", "latest")'
         )
+
+
+class SourceOverflowError(StreamError, BufferOverflowError):
+    """Raised by ``run()``/``start()`` when a hot source overflowed an ``"error"`` input.
+
+    It is both the ``StreamError`` of the source (``stream`` is the source's step name,
+    ``__cause__`` the original ``BufferOverflowError``) and a ``BufferOverflowError`` (with the
+    overflowing ``port`` and its ``threshold``), so either can be caught.
+    """
+
+    def __init__(self, source: str, error: BufferOverflowError) -> None:
+        StreamError.__init__(self, source, error)
+        self.port = error.port
+        self.threshold = error.threshold
+        self.input_stream = error.stream
 
 
 class DeadlockError(MimoError):

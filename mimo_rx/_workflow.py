@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import (
+    BufferOverflowError,
     ConfigError,
     DeadlockError,
     PipeError,
+    SourceOverflowError,
     StreamError,
     WorkflowCancelled,
     WorkflowError,
 )
 from ._monitor import Monitor, StepRuntime
-from ._ports import DEFAULT_BUFFER_SIZE, Input, Output, check_buffer_size
+from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
 from ._stream import Stream
 
 # How long cancelled streams get to finish before the run gives up on them.
@@ -402,10 +404,7 @@ class _Run:
         except Exception as exc:
             step.status = "failed"
             step.error = exc
-            if isinstance(exc, StreamError):  # e.g. BufferOverflowError: already named
-                self.failures.append(exc)
-            else:
-                self.failures.append(_stream_error(step.name, exc))
+            self.failures.append(_stream_error(step.name, exc))
             self._stop()
         else:
             step.status = "done"
@@ -462,6 +461,9 @@ class _Run:
 
 
 def _stream_error(name: str, exc: BaseException) -> StreamError:
-    error = StreamError(name, exc)
+    if isinstance(exc, BufferOverflowError):
+        error: StreamError = SourceOverflowError(name, exc)
+    else:
+        error = StreamError(name, exc)
     error.__cause__ = exc
     return error

@@ -1,0 +1,50 @@
+"""Every example runs, and does what its docstring says."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_sums_the_squares(capsys: pytest.CaptureFixture[str]) -> None:
+    totals = load("quickstart").main()
+    assert totals["total"] == sum(n * n for n in range(10))
+    assert "Numbers.a -> square.b" in capsys.readouterr().out
+
+
+def test_merge_join_matches_keys_present_on_both_sides() -> None:
+    module = load("merge_join")
+    matched, unmatched = module.main()
+    assert matched == [(1, "ada", "book"), (4, "cy", "pen"), (7, "dee", "mug"), (9, "eve", "hat")]
+    assert sorted(unmatched) == [
+        ("left only", (2, "bob")),
+        ("right only", (3, "lamp")),
+        ("right only", (8, "cup")),
+    ]
+
+
+def test_sensor_alerts_accounts_for_every_reading() -> None:
+    report = asyncio.run(load("sensor_alerts").main())
+    assert report["delivered"] + report["dropped"] == report["emitted"]
+    assert report["delivered"] > 0
+
+
+def test_every_example_has_a_test() -> None:
+    tested = {"quickstart", "merge_join", "sensor_alerts", "scale_out"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
