@@ -114,10 +114,12 @@ class DeadlockError(MimoError):
 
     Attributes:
         waits: one line per waiting stream: the stream, the port and why it cannot move.
+        errors: ``StreamError`` of streams that raised while being stopped (also in the notes).
     """
 
     def __init__(self, waits: list[str]) -> None:
         self.waits = waits
+        self.errors: list[StreamError] = []  # streams that failed while the graph shut down
         detail = "\n  ".join(waits)
         super().__init__(
             "deadlock: every running stream is waiting and none of the waits can be "

@@ -69,6 +69,7 @@ class Input(Generic[T]):
         "_getter",
         "_items",
         "_low",
+        "_more_getters",
         "_open_upstreams",
         "_producers",
         "_rt",
@@ -78,7 +79,6 @@ class Input(Generic[T]):
         "name",
         "paused_s",
         "peak",
-        "received",
         "stream_name",
         "taken",
         "threshold",
@@ -94,10 +94,10 @@ class Input(Generic[T]):
         self._closed = False
         self._finished = False  # the consuming stream returned: arrivals are discarded
         self._getter: asyncio.Future[None] | None = None
+        self._more_getters: list[asyncio.Future[None]] = []  # other tasks popping this input
         self._producers: list[asyncio.Future[None]] = []
         self._rt = _IDLE
         self._upstreams: list[Output[T]] = []
-        self.received = 0
         self.taken = 0
         self.dropped = 0
         self.discarded = 0
@@ -151,6 +151,11 @@ class Input(Generic[T]):
         return len(self._items)
 
     @property
+    def received(self) -> int:
+        """Items delivered to this input so far (derived, so the hot path counts one less)."""
+        return self.taken + self.dropped + self.discarded + len(self._items)
+
+    @property
     def exhausted(self) -> bool:
         """True once the input is closed and nothing is left buffered."""
         return self._closed and not self._items
@@ -172,14 +177,26 @@ class Input(Generic[T]):
             if self._closed:
                 raise EndOfStream(self.stream_name, self.name)
             getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._getter = getter
+            primary = self._getter is None or self._getter.done()
+            if primary:
+                self._getter = getter  # woken by _deliver / _upstream_closed
+            else:
+                self._more_getters.append(getter)  # woken by the primary waiter
             parked = self._rt.park(what, self, getter)
             try:
                 await getter
             finally:
-                self._getter = None
                 if parked:
                     self._rt.unpark()
+                if primary:
+                    self._getter = None
+                    # Whether woken or cancelled, hand over: every other waiter re-checks.
+                    more, self._more_getters = self._more_getters, []
+                    for other in more:
+                        if not other.done():
+                            other.set_result(None)
+                elif getter in self._more_getters:
+                    self._more_getters.remove(getter)
 
     def _take_now(self) -> T:
         """Synchronous pop for the mimo 1.0 protocol (``IndexError`` when empty)."""
@@ -192,14 +209,13 @@ class Input(Generic[T]):
     # -- producer side (called by Output) -------------------------------------------------
 
     def _has_room(self) -> bool:
-        return self._finished or len(self._items) < self.threshold
+        return len(self._items) < self.threshold
 
     def _deliver(self, item: T) -> None:
-        """Buffer one item; the caller has checked there is room (or does not need it)."""
-        self.received += 1
-        if self._finished:
-            self.discarded += 1
-            return
+        """Buffer one item; the caller has checked there is room (or does not need it).
+
+        ``Output.push`` inlines this body on its fast path: keep the two in step.
+        """
         items = self._items
         items.append(item)
         if len(items) > self.peak:
@@ -210,11 +226,10 @@ class Input(Generic[T]):
 
     def _offer(self, item: T, policy: str, source: str) -> None:
         """Deliver from a source that cannot be paused, applying its overflow ``policy``."""
-        if self._finished or len(self._items) < self.threshold or policy == "buffer":
+        if len(self._items) < self.threshold or policy == "buffer":
             self._deliver(item)
             return
         if policy == "drop_newest":
-            self.received += 1
             self.dropped += 1
         elif policy == "drop_oldest":
             self._items.popleft()
@@ -246,7 +261,9 @@ class Input(Generic[T]):
         """The consuming stream is done: discard what is left and never block producers."""
         self._finished = True
         self.discarded += len(self._items)
-        self._items.clear()
+        # From now on every arrival is counted and dropped on the floor, with no branch on
+        # the producers' fast path: the buffer is replaced by a sink that is always empty.
+        self._items = _DiscardSink(self)  # type: ignore[assignment]
         self._release_producers()
         for upstream in self._upstreams:
             upstream._live_targets -= 1
@@ -261,6 +278,17 @@ class Input(Generic[T]):
         self._open_upstreams = upstreams
         self._closed = upstreams == 0
         self._rt = runtime
+
+
+class _DiscardSink(deque[T]):
+    """The buffer of an input whose stream has finished: counts each arrival as discarded."""
+
+    def __init__(self, port: Input[T]) -> None:
+        super().__init__()
+        self._port = port
+
+    def append(self, item: T) -> None:
+        self._port.discarded += 1
 
 
 class Output(Subject[T]):
@@ -294,12 +322,18 @@ class Output(Subject[T]):
             raise ClosedError(self.stream_name, self.name)
         targets = self.targets
         for target in targets:
-            if not target._has_room():
+            if len(target._items) >= target.threshold:
                 await self._wait_for_room()
                 break
         self.pushed += 1
-        for target in targets:
-            target._deliver(item)
+        for target in targets:  # Input._deliver, inlined: this is the hottest loop
+            items = target._items
+            items.append(item)
+            if len(items) > target.peak:
+                target.peak = len(items)
+            getter = target._getter
+            if getter is not None and not getter.done():
+                getter.set_result(None)
         if self.observers:
             self._notify(item)
         return True

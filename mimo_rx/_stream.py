@@ -224,6 +224,14 @@ class Stream:
 # -- the mimo 1.0 synchronous protocol -----------------------------------------------------
 
 
+class UserStopIteration(Exception):
+    """Carries a ``StopIteration`` raised by a step function out of the driving coroutine."""
+
+    def __init__(self, original: StopIteration) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
 class SyncInput:
     """Synchronous view of an input for a plain-``def`` stream."""
 
@@ -329,8 +337,12 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
         return sum(p.received for p in inputs) + sum(p._closed for p in inputs)
 
     while True:
+        closed_before = all(p._closed for p in inputs)
         taken_before = sum(p.taken for p in inputs)
-        again = step(ins, outs)
+        try:
+            again = step(ins, outs)
+        except StopIteration as exc:  # would become RuntimeError inside this coroutine
+            raise UserStopIteration(exc) from exc
         seen = arrivals()
         for view in outs_views:
             await view._flush()
@@ -342,7 +354,7 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
             continue
         if not inputs:
             return
-        if all(p._closed for p in inputs):
+        if closed_before:  # this call saw every input closed
             if not any(p._items for p in inputs):
                 return
             if sum(p.taken for p in inputs) == taken_before:

@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
-from ._stream import Stream
+from ._stream import Stream, UserStopIteration
 
 # How long cancelled streams get to finish before the run gives up on them.
 CANCEL_GRACE_S = 5.0
@@ -383,13 +383,13 @@ class _Run:
             raise
         if self.deadlock is not None:
             await self._shutdown(tasks, self.deadlock, "failed")
+            _attach_others(self.deadlock, self.failures)
             raise self.deadlock
         if self.failures:
             first = self.failures[0]
             await self._shutdown(tasks, first, "failed")
             first.errors = list(self.failures)
-            for other in self.failures[1:]:
-                first.add_note(f"also: {other}")
+            _attach_others(first, self.failures[1:])
             raise first from first.error
         self.workflow._run_state = "done"
 
@@ -398,6 +398,9 @@ class _Run:
         step.status = "running"
         try:
             await stream._execute()
+            # Closing notifies Rx subscribers, whose errors are this stream's failure.
+            for out in stream._outputs.values():
+                out.close()
         except asyncio.CancelledError:
             step.status = "cancelled"
             raise
@@ -408,8 +411,6 @@ class _Run:
             self._stop()
         else:
             step.status = "done"
-            for out in stream._outputs.values():
-                out.close()
         finally:
             for inp in stream._inputs.values():
                 inp._finish()
@@ -454,13 +455,31 @@ class _Run:
             if step.status in ("pending", "running"):
                 step.status = "cancelled"
             for port in step.stream._outputs.values():
-                if isinstance(reason, WorkflowCancelled):
-                    port._fail(WorkflowCancelled(step.name, port.name))
-                else:
-                    port._fail(reason)
+                error = (
+                    WorkflowCancelled(step.name, port.name)
+                    if isinstance(reason, WorkflowCancelled)
+                    else reason
+                )
+                try:
+                    port._fail(error)
+                except Exception as exc:
+                    # reactivex's default on_error re-raises what it was given: not news.
+                    if exc is not error:
+                        self.failures.append(_stream_error(step.name, exc))
+
+
+def _attach_others(error: Exception, others: list[StreamError]) -> None:
+    """Make the failures that came with ``error`` part of its report: none is swallowed."""
+    for other in others:
+        if other is not error:
+            error.add_note(f"also: {other}")
+    if isinstance(error, DeadlockError):
+        error.errors = list(others)
 
 
 def _stream_error(name: str, exc: BaseException) -> StreamError:
+    if isinstance(exc, UserStopIteration):  # see drive_step_function
+        exc = exc.original
     if isinstance(exc, BufferOverflowError):
         error: StreamError = SourceOverflowError(name, exc)
     else:
