@@ -263,7 +263,7 @@ class Input(Generic[T]):
         self.discarded += len(self._items)
         # From now on every arrival is counted and dropped on the floor, with no branch on
         # the producers' fast path: the buffer is replaced by a sink that is always empty.
-        self._items = _DiscardSink(self)  # type: ignore[assignment]
+        self._items = _DiscardSink(self)
         self._release_producers()
         for upstream in self._upstreams:
             upstream._live_targets -= 1
