@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Generic, Literal, TypeVar
 
 from reactivex.subject import Subject
@@ -198,6 +198,20 @@ class Input(Generic[T]):
                 elif getter in self._more_getters:
                     self._more_getters.remove(getter)
 
+    def _take_all(self) -> list[T]:
+        """Take everything buffered at once (Rx operator streams feed their chain in batches)."""
+        batch = list(self._items)
+        self._items.clear()
+        self.taken += len(batch)
+        if self._producers:
+            self._release_producers()
+        return batch
+
+    def _give_back(self, items: list[T]) -> None:
+        """Return items taken by ``_take_all`` but not consumed, to the front of the buffer."""
+        self._items.extendleft(reversed(items))
+        self.taken -= len(items)
+
     def _take_now(self) -> T:
         """Synchronous pop for the mimo 1.0 protocol (``IndexError`` when empty)."""
         item = self._items.popleft()
@@ -290,6 +304,9 @@ class _DiscardSink(deque[T]):
     def append(self, item: T) -> None:
         self._port.discarded += 1
 
+    def extend(self, items: Iterable[T]) -> None:
+        self._port.discarded += len(list(items))
+
 
 class Output(Subject[T]):
     """A stream's output port: an Rx ``Subject`` whose ``push`` is back-pressured.
@@ -337,6 +354,32 @@ class Output(Subject[T]):
         if self.observers:
             self._notify(item)
         return True
+
+    async def _push_many(self, items: list[T]) -> None:
+        """Push ``items`` in order, delivering as many at a time as every input has room for."""
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        targets = self.targets
+        start, end = 0, len(items)
+        while start < end:
+            room = min((t.threshold - len(t._items) for t in targets), default=end - start)
+            if room <= 0:
+                await self._wait_for_room()
+                continue
+            chunk = items[start : start + room]
+            start += len(chunk)
+            self.pushed += len(chunk)
+            for target in targets:
+                buffered = target._items
+                buffered.extend(chunk)
+                if len(buffered) > target.peak:
+                    target.peak = len(buffered)
+                getter = target._getter
+                if getter is not None and not getter.done():
+                    getter.set_result(None)
+            if self.observers:
+                for item in chunk:
+                    self._notify(item)
 
     def close(self) -> None:
         """End the output: connected inputs see end of stream after the items already pushed.

@@ -30,14 +30,14 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
-from reactivex.subject import Subject
 
 from ._errors import ConfigError
 from ._monitor import StepRuntime
-from ._ports import POLICIES, Output
+from ._ports import POLICIES, Input, Output
 from ._stream import Ports, Stream
 
 # How many items a cold observable may run ahead of the loop before its thread is paused.
@@ -361,6 +361,47 @@ class LoopScheduler(AsyncIOThreadSafeScheduler):
 # -- operators as streams -----------------------------------------------------------------------
 
 
+class _Feed(Observable[Any]):
+    """What ``fn`` sees of one input: a minimal hot observable the stream feeds on the loop.
+
+    A ``Subject`` takes two locks and copies its observer list per item; this takes none,
+    because it is only ever fed from the stream's own task.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observers: list[rx_abc.ObserverBase[Any]] = []
+        self.done = False
+
+    def _subscribe_core(
+        self, observer: rx_abc.ObserverBase[Any], scheduler: rx_abc.SchedulerBase | None = None
+    ) -> rx_abc.DisposableBase:
+        if self.done:
+            observer.on_completed()
+            return Disposable()
+        self.observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self.observers:
+                self.observers.remove(observer)
+
+        return Disposable(unsubscribe)
+
+    def on_next(self, value: Any) -> None:
+        observers = self.observers
+        if len(observers) == 1:
+            observers[0].on_next(value)
+        else:
+            for observer in list(observers):
+                observer.on_next(value)
+
+    def on_completed(self) -> None:
+        self.done = True
+        for observer in list(self.observers):
+            observer.on_completed()
+        self.observers.clear()
+
+
 class _Collector(rx_abc.ObserverBase[Any]):
     """Collects what one result observable emits, and wakes the stream's task."""
 
@@ -379,11 +420,15 @@ class _Collector(rx_abc.ObserverBase[Any]):
 
 
 class RxStream(Stream):
-    """A stream whose inputs are Rx subjects and whose outputs follow Rx observables.
+    """A stream whose inputs are Rx observables and whose outputs follow Rx observables.
 
     ``fn`` gets one observable per input and returns one observable (one output) or a
     tuple/list/dict of them (several outputs). Items emitted are pushed downstream with
     back-pressure; the stream ends when every result observable has completed.
+
+    Per round, the stream takes everything buffered at its inputs, feeds it through the Rx
+    chain synchronously, and pushes what came out as one batch: one suspension per batch
+    rather than per item, and never more than a buffer-full of input in hand.
     """
 
     def __init__(
@@ -398,22 +443,26 @@ class RxStream(Stream):
         self._events: deque[tuple[str, int, Any]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._open_results = 0
 
     def _emit(self, event: tuple[str, int, Any]) -> None:
-        loop = self._loop
-        if loop is None or _on_loop_thread(loop):
+        if self._loop_thread is None or threading.get_ident() == self._loop_thread:
             self._record(event)
-        else:  # an operator that runs on its own thread: hand over to the loop
-            loop.call_soon_threadsafe(self._record, event)
+        else:  # an operator that runs on a thread of its own: hand over to the loop
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._record, event)
 
     def _record(self, event: tuple[str, int, Any]) -> None:
         self._events.append(event)
+        if event[0] == "completed":
+            self._open_results -= 1
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    def _results(self, subjects: list[Subject[Any]]) -> list[rx_abc.ObservableBase[Any]]:
-        result = self.rx_fn(*subjects)
+    def _results(self, feeds: list[_Feed]) -> list[rx_abc.ObservableBase[Any]]:
+        result = self.rx_fn(*feeds)
         names = self.outs
         if isinstance(result, rx_abc.ObservableBase):
             results = [result]
@@ -449,46 +498,60 @@ class RxStream(Stream):
     async def run(self, ins: Ports, outs: Ports) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        inputs = list(ins)
+        self._loop_thread = threading.get_ident()
+        inputs: list[Input[Any]] = list(ins)
         outputs: list[Output[Any]] = list(outs)
         runtime = inputs[0]._rt if inputs else outputs[0]._rt if outputs else None
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
-        subjects: list[Subject[Any]] = [Subject() for _ in inputs]
+        feeds = [_Feed() for _ in inputs]
+        results = self._results(feeds)
+        self._open_results = len(results)
         subscriptions = [
-            obs.subscribe(_Collector(self, i), scheduler=scheduler)
-            for i, obs in enumerate(self._results(subjects))
+            obs.subscribe(_Collector(self, i), scheduler=scheduler) for i, obs in enumerate(results)
         ]
-        open_results = len(subscriptions)
-        fed_closed = [False] * len(inputs)
-        events = self._events
         try:
             while True:
-                while events:
-                    kind, index, value = events.popleft()
-                    if kind == "next":
-                        await outputs[index].push(value)
-                    elif kind == "completed":
-                        outputs[index].close()
-                        open_results -= 1
-                    else:
-                        raise value
-                if open_results == 0:
+                if self._events:
+                    await self._push_events(outputs)
+                if self._open_results == 0:
                     return  # every result completed (take(n) and friends): inputs detach
-                fed = False
-                for i, port in enumerate(inputs):
-                    if port._items:
-                        subjects[i].on_next(port._take_now())
-                        fed = True
-                    elif port._closed and not fed_closed[i]:
-                        fed_closed[i] = True
-                        subjects[i].on_completed()
-                        fed = True
-                if fed or events:
-                    continue
-                await self._wait(inputs, runtime, loop)
+                if not self._feed(inputs, feeds) and not self._events:
+                    await self._wait(inputs, runtime, loop)
         finally:
             for subscription in subscriptions:
                 subscription.dispose()
+
+    def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
+        """Feed everything buffered (and every close) into the chain; return whether any."""
+        fed = False
+        for port, feed in zip(inputs, feeds, strict=True):
+            if port._items:
+                batch = port._take_all()
+                fed = True
+                for position, item in enumerate(batch):
+                    if self._open_results == 0:  # the chain completed: give the rest back
+                        port._give_back(batch[position:])
+                        return True
+                    feed.on_next(item)
+            elif port._closed and not feed.done:
+                feed.on_completed()
+                fed = True
+        return fed
+
+    async def _push_events(self, outputs: list[Output[Any]]) -> None:
+        """Push what the chain emitted, in order, a run of items per output at a time."""
+        events = self._events
+        while events:
+            kind, index, value = events.popleft()
+            if kind == "next":
+                run = [value]
+                while events and events[0][0] == "next" and events[0][1] == index:
+                    run.append(events.popleft()[2])
+                await outputs[index]._push_many(run)
+            elif kind == "completed":
+                outputs[index].close()
+            else:
+                raise value
 
     async def _wait(
         self,
