@@ -5,6 +5,7 @@ from beginning to end. Every input is a bounded buffer: ``await push`` pauses pr
 a buffer is full, so memory stays bounded. Every output is a ``reactivex`` Subject.
 """
 
+from ._concurrency import map_stream
 from ._errors import (
     BufferOverflowError,
     ClosedError,
@@ -40,6 +41,7 @@ __all__ = [
     "Workflow",
     "WorkflowCancelled",
     "WorkflowError",
+    "map_stream",
     "operator",
     "rx_stream",
 ]

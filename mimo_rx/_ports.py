@@ -355,6 +355,10 @@ class Output(Subject[T]):
             self._notify(item)
         return True
 
+    def _room(self) -> int:
+        """How many items every connected input can take right now without waiting."""
+        return min((t.threshold - len(t._items) for t in self.targets), default=DEFAULT_BUFFER_SIZE)
+
     async def _push_many(self, items: list[T]) -> None:
         """Push ``items`` in order, delivering as many at a time as every input has room for."""
         if self.closed:
@@ -362,7 +366,7 @@ class Output(Subject[T]):
         targets = self.targets
         start, end = 0, len(items)
         while start < end:
-            room = min((t.threshold - len(t._items) for t in targets), default=end - start)
+            room = self._room() if targets else end - start
             if room <= 0:
                 await self._wait_for_room()
                 continue

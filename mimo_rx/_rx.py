@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 from ._errors import ConfigError
 from ._monitor import StepRuntime
 from ._ports import POLICIES, Input, Output
-from ._stream import Ports, Stream
+from ._stream import FusedStageError, Ports, Stream
 
 # How many items a cold observable may run ahead of the loop before its thread is paused.
 HANDOFF_ITEMS = 1024
@@ -88,11 +89,13 @@ class IterableSource(Stream):
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         out: Output[Any] = outs.out
-        push = out.push
-        for item in self.iterable:
-            await push(item)
-            if out.abandoned:
-                return  # every consumer finished: stop pulling
+        iterator = iter(self.iterable)
+        while not out.abandoned:  # stop pulling once every consumer has finished
+            # Pull only what the downstream buffers have room for right now: never ahead.
+            batch = list(itertools.islice(iterator, max(out._room(), 1)))
+            if not batch:
+                return
+            await out._push_many(batch)
 
 
 class AsyncIterableSource(Stream):
@@ -402,6 +405,45 @@ class _Feed(Observable[Any]):
         self.observers.clear()
 
 
+class _Link(Observable[Any]):
+    """The join between two fused stages: counts what passes and names who failed.
+
+    It stands where a buffer would be, so ``stats()`` still shows the items that went from
+    the first stage's output to the second's input (none is ever buffered there). An error
+    that reaches a link first came from the stage before it.
+    """
+
+    def __init__(
+        self, source: rx_abc.ObservableBase[Any], out: Output[Any], inp: Input[Any], owner: RxStream
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.out = out
+        self.inp = inp
+        self.owner = owner
+
+    def _subscribe_core(
+        self, observer: rx_abc.ObserverBase[Any], scheduler: rx_abc.SchedulerBase | None = None
+    ) -> rx_abc.DisposableBase:
+        link = self
+
+        class Counting(rx_abc.ObserverBase[Any]):
+            def on_next(self, value: Any) -> None:
+                link.out.pushed += 1
+                link.inp.taken += 1
+                observer.on_next(value)
+
+            def on_error(self, error: Exception) -> None:
+                if link.owner._failed_stage is None:
+                    link.owner._failed_stage = link.out.stream_name
+                observer.on_error(error)
+
+            def on_completed(self) -> None:
+                observer.on_completed()
+
+        return self.source.subscribe(Counting(), scheduler=scheduler)
+
+
 class _Collector(rx_abc.ObserverBase[Any]):
     """Collects what one result observable emits, and wakes the stream's task."""
 
@@ -410,7 +452,14 @@ class _Collector(rx_abc.ObserverBase[Any]):
         self.index = index
 
     def on_next(self, value: Any) -> None:
-        self.owner._emit(("next", self.index, value))
+        owner = self.owner
+        if threading.get_ident() == owner._loop_thread:  # the common case, inlined
+            owner._events.append(("next", self.index, value))
+            wake = owner._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        else:
+            owner._emit(("next", self.index, value))
 
     def on_error(self, error: Exception) -> None:
         self.owner._emit(("error", self.index, error))
@@ -445,6 +494,12 @@ class RxStream(Stream):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._open_results = 0
+        self._followers: list[RxStream] = []  # operator streams fused behind this one
+        self._failed_stage: str | None = None  # which fused stage an error came from
+
+    def _fuse(self, followers: list[Stream]) -> None:
+        self._followers = [f for f in followers if isinstance(f, RxStream)]
+        assert len(self._followers) == len(followers), "only operator streams fuse"
 
     def _emit(self, event: tuple[str, int, Any]) -> None:
         if self._loop_thread is None or threading.get_ident() == self._loop_thread:
@@ -461,7 +516,9 @@ class RxStream(Stream):
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    def _results(self, feeds: list[_Feed]) -> list[rx_abc.ObservableBase[Any]]:
+    def _results(
+        self, feeds: Sequence[rx_abc.ObservableBase[Any]]
+    ) -> list[rx_abc.ObservableBase[Any]]:
         result = self.rx_fn(*feeds)
         names = self.outs
         if isinstance(result, rx_abc.ObservableBase):
@@ -500,11 +557,18 @@ class RxStream(Stream):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         inputs: list[Input[Any]] = list(ins)
-        outputs: list[Output[Any]] = list(outs)
-        runtime = inputs[0]._rt if inputs else outputs[0]._rt if outputs else None
+        ports: list[Input[Any] | Output[Any]] = [*inputs, *outs]
+        runtime = ports[0]._rt if ports else None
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
         feeds = [_Feed() for _ in inputs]
         results = self._results(feeds)
+        stage = self
+        for follower in self._followers:  # fused: one chain through every stage
+            (out,) = stage._outputs.values()
+            (inp,) = follower._inputs.values()
+            results = follower._results([_Link(results[0], out, inp, self)])
+            stage = follower
+        outputs = list(stage._outputs.values())
         self._open_results = len(results)
         subscriptions = [
             obs.subscribe(_Collector(self, i), scheduler=scheduler) for i, obs in enumerate(results)
@@ -550,6 +614,9 @@ class RxStream(Stream):
                 await outputs[index]._push_many(run)
             elif kind == "completed":
                 outputs[index].close()
+            elif self._followers:
+                stage = self._failed_stage or outputs[index].stream_name
+                raise FusedStageError(stage, value)
             else:
                 raise value
 
@@ -593,7 +660,9 @@ def operator(op: Callable[[Any], Any], name: str | None = None) -> Stream:
             f"operator {name or 'operator'!r} takes an Rx operator such as ops.map(f), "
             f"not {type(op).__name__}"
         )
-    return RxStream(lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator")
+    stream = RxStream(lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator")
+    stream._fusable = True
+    return stream
 
 
 def rx_stream(

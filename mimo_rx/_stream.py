@@ -107,6 +107,10 @@ class Stream:
     IN: ClassVar[Sequence[str]] = ()
     OUT: ClassVar[Sequence[str]] = ()
 
+    # Whether a run may fuse this stream with an adjacent fusable one into a single task
+    # (no buffer between them); see Workflow's _plan_fusion and RxStream._fuse.
+    _fusable: bool = False
+
     def __init__(
         self,
         ins: Sequence[str] | None = None,
@@ -176,6 +180,10 @@ class Stream:
                     pass
         return more
 
+    def _fuse(self, followers: list[Stream]) -> None:
+        """Run ``followers`` (a chain piped from this stream) inside this stream's task."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fuse")
+
     def _on_start(self) -> None:
         """Hook run synchronously when ``start()`` begins, before any stream task runs."""
 
@@ -222,6 +230,15 @@ class Stream:
 
 
 # -- the mimo 1.0 synchronous protocol -----------------------------------------------------
+
+
+class FusedStageError(Exception):
+    """Carries the error of a stream that ran fused into another one, naming the right step."""
+
+    def __init__(self, step_name: str, original: Exception) -> None:
+        super().__init__(repr(original))
+        self.step_name = step_name
+        self.original = original
 
 
 class UserStopIteration(Exception):

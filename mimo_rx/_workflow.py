@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
-from ._stream import Stream, UserStopIteration
+from ._stream import FusedStageError, Stream, UserStopIteration
 
 # How long cancelled streams get to finish before the run gives up on them.
 CANCEL_GRACE_S = 5.0
@@ -344,9 +344,51 @@ class _Run:
         self.deadlock: DeadlockError | None = None
         self.failures: list[StreamError] = []
         self.remaining = 0
+        self.chains: dict[Step, list[Step]] = {}
+
+    def _plan_fusion(self) -> dict[Step, list[Step]]:
+        """Find chains of adjacent fusable streams (``operator()`` stages); head -> followers.
+
+        Two stages fuse when the first's only output feeds only the second's only input, that
+        input has no other upstream, and no Rx observer watches the output between them: the
+        items then go through one synchronous Rx chain instead of a buffer hop per stage.
+        """
+        pipes = self.workflow.pipes
+
+        def successor(step: Step) -> Step | None:
+            stream = step.stream
+            if not stream._fusable or len(stream.outs) != 1:
+                return None
+            out_pipes = [p for p in pipes if p.source is step]
+            if len(out_pipes) != 1:
+                return None
+            pipe = out_pipes[0]
+            nxt = pipe.target
+            if nxt is step or not nxt.stream._fusable or len(nxt.stream.ins) != 1:
+                return None
+            if sum(1 for p in pipes if p.target is nxt) != 1:
+                return None
+            if stream._outputs[pipe.output].observers:
+                return None
+            return nxt
+
+        successors = {step: successor(step) for step in self.workflow.steps}
+        followed = {nxt for nxt in successors.values() if nxt is not None}
+        chains: dict[Step, list[Step]] = {}
+        for step, nxt in successors.items():
+            if nxt is None or step in followed:
+                continue
+            chain = []
+            while nxt is not None:
+                chain.append(nxt)
+                nxt = successors[nxt]
+            chains[step] = chain
+        return chains
 
     def _wire(self) -> list[tuple[Step, StepRuntime]]:
         wf = self.workflow
+        self.chains = self._plan_fusion()
+        followers = {f for chain in self.chains.values() for f in chain}
         steps = []
         for step in wf.steps:
             stream = step.stream
@@ -356,10 +398,14 @@ class _Run:
                 inp._configure(wf._threshold(step, name), upstreams, runtime)
             for out in stream._outputs.values():
                 out._rt = runtime
-            self.monitor.add(runtime)
-            steps.append((step, runtime))
+            if step not in followers:  # a fused follower runs inside its head's task
+                self.monitor.add(runtime)
+                steps.append((step, runtime))
         for p in wf.pipes:
-            p.source.stream._outputs[p.output]._connect(p.target.stream._inputs[p.input])
+            if p.target not in followers:  # a follower's only pipe is its link in the chain
+                p.source.stream._outputs[p.output]._connect(p.target.stream._inputs[p.input])
+        for head, chain in self.chains.items():
+            head.stream._fuse([step.stream for step in chain])
         return steps
 
     async def run(self) -> None:
@@ -394,26 +440,35 @@ class _Run:
         self.workflow._run_state = "done"
 
     async def _run_step(self, step: Step, runtime: StepRuntime) -> None:
-        stream = step.stream
-        step.status = "running"
+        group = [step, *self.chains.get(step, [])]  # the step and any fused behind it
+        for member in group:
+            member.status = "running"
         try:
-            await stream._execute()
+            await step.stream._execute()
             # Closing notifies Rx subscribers, whose errors are this stream's failure.
-            for out in stream._outputs.values():
-                out.close()
+            for member in group:
+                for out in member.stream._outputs.values():
+                    out.close()
         except asyncio.CancelledError:
-            step.status = "cancelled"
+            for member in group:
+                member.status = "cancelled"
             raise
         except Exception as exc:
-            step.status = "failed"
-            step.error = exc
-            self.failures.append(_stream_error(step.name, exc))
+            failed = step
+            if isinstance(exc, FusedStageError):
+                failed = next(m for m in group if m.name == exc.step_name)
+            for member in group:
+                member.status = "failed" if member is failed else "cancelled"
+            failed.error = exc
+            self.failures.append(_stream_error(failed.name, exc))
             self._stop()
         else:
-            step.status = "done"
+            for member in group:
+                member.status = "done"
         finally:
-            for inp in stream._inputs.values():
-                inp._finish()
+            for member in group:
+                for inp in member.stream._inputs.values():
+                    inp._finish()
             self.monitor.finished(runtime)
             self.remaining -= 1
             if self.remaining == 0:
@@ -478,7 +533,7 @@ def _attach_others(error: Exception, others: list[StreamError]) -> None:
 
 
 def _stream_error(name: str, exc: BaseException) -> StreamError:
-    if isinstance(exc, UserStopIteration):  # see drive_step_function
+    if isinstance(exc, (UserStopIteration, FusedStageError)):  # carriers: unwrap
         exc = exc.original
     if isinstance(exc, BufferOverflowError):
         error: StreamError = SourceOverflowError(name, exc)
