@@ -165,12 +165,17 @@ class _MapStream(Stream):
 
 
 class _Job:
-    """One call of ``fn``: its future and whether it has completed."""
+    """One call of ``fn``: its future and whether it has completed.
+
+    The future's done-callback refers to the job, so the job lets go of the future once its
+    result is taken (or it is cancelled): no reference cycle keeps a Dask future, and with it
+    the task's result on the cluster, alive until the garbage collector runs.
+    """
 
     __slots__ = ("done", "future")
 
     def __init__(self, future: _Future) -> None:
-        self.future = future
+        self.future: _Future | None = future
         self.done = False
 
 
@@ -253,18 +258,24 @@ class _Jobs:
         return None
 
     def result(self, job: _Job) -> Any:
-        future = job.future
+        """The job's result, or raise what ``fn`` raised."""
+        future, job.future = job.future, None
+        assert future is not None
         if future.cancelled():
             raise RuntimeError(
                 f"a job of map_stream {self.stream.name!r} was cancelled outside the workflow "
                 "(was its executor shut down while the workflow ran?)"
             )
-        try:
+        error = future.exception()
+        if error is None:
             return future.result()
-        except StopIteration as exc:  # a coroutine cannot raise it: say what happened
+        del future  # the traceback of the raise below must not keep the future alive
+        _release_executor_frames(error)
+        if isinstance(error, StopIteration):  # a coroutine cannot raise it: say what happened
             raise RuntimeError(
                 f"fn of map_stream {self.stream.name!r} raised StopIteration"
-            ) from exc
+            ) from error
+        raise error
 
     async def wait(self, x: Input[Any] | None) -> None:
         """Wait until a job completes or, when ``x`` is given, an item arrives or ``x`` closes."""
@@ -290,10 +301,11 @@ class _Jobs:
         """Cancel every job still running; await the tasks so none is left behind."""
         tasks: list[asyncio.Future[Any]] = []
         for job in self.jobs:
-            if not job.done:
-                job.future.cancel()
-                if isinstance(job.future, asyncio.Future):
-                    tasks.append(job.future)
+            future, job.future = job.future, None
+            if future is not None and not job.done:
+                future.cancel()
+                if isinstance(future, asyncio.Future):
+                    tasks.append(future)
         self.closed = True
         self.runtime.busy -= self.running
         self.running = 0
@@ -301,6 +313,26 @@ class _Jobs:
         self.finished.clear()
         if tasks:
             await asyncio.wait(tasks)
+
+
+# Executor internals whose frames end up in the traceback of a job's exception.
+_EXECUTOR_MODULES = ("distributed.cfexecutor",)
+
+
+def _release_executor_frames(error: BaseException) -> None:
+    """Drop the executor's own frames from the start of ``error``'s traceback.
+
+    Dask's ``ClientExecutor`` re-raises a remote exception inside a frame that holds the Dask
+    future, and the client keeps that same exception object for as long as the future lives:
+    a cycle rooted in the client, so an erred task would never leave the cluster
+    (dask/distributed#8790). The frame may still be running in the client's thread, so it
+    cannot be cleared; it is unlinked instead (it shows nothing about ``fn`` anyway).
+    """
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in _EXECUTOR_MODULES:
+        tb = tb.tb_next
+    if tb is not error.__traceback__:
+        error.__traceback__ = tb
 
 
 async def _await(awaitable: Awaitable[R]) -> R:

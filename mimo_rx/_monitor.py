@@ -60,6 +60,7 @@ class StepRuntime:
         self.wait = None
         if self.monitor is not None:
             self.monitor.parked -= 1
+            self.monitor.moves += 1
 
     def describe_wait(self) -> str:
         assert self.wait is not None
@@ -68,14 +69,28 @@ class StepRuntime:
 
 
 class Monitor:
-    """Counts live and parked steps of one run and calls ``on_deadlock`` when all are stuck."""
+    """Counts live and parked steps of one run and calls ``on_deadlock`` when all are stuck.
+
+    A verdict takes two looks. The first, one loop iteration after the last step parked,
+    finds every live step parked on an unresolved future. The run is then *suspected*, and
+    confirmed only if no step has moved once every timer pending on the loop at that moment
+    has fired, and at least ``GRACE_S`` has passed: a ``pop()`` under ``asyncio.timeout``, a
+    helper task that sleeps before it pushes, or an Rx operator waiting on a thread of its own
+    all get the chance to move things on first.
+    """
+
+    GRACE_S = 0.1
 
     def __init__(self, on_deadlock: Callable[[list[str]], None]) -> None:
         self.on_deadlock = on_deadlock
         self.runtimes: list[StepRuntime] = []
         self.live = 0
         self.parked = 0
+        self.moves = 0  # parked waits that ended: any change means progress
         self._check_pending = False
+        self._suspect: asyncio.TimerHandle | None = None
+        self._moves_at_suspicion = 0
+        self.caller: asyncio.Task[Any] | None = None  # the task awaiting start()
 
     def add(self, runtime: StepRuntime) -> None:
         runtime.monitor = self
@@ -85,6 +100,7 @@ class Monitor:
     def finished(self, runtime: StepRuntime) -> None:
         """A step's task ended: one fewer live step; the others may now all be stuck."""
         self.live -= 1
+        self.moves += 1
         if runtime.wait is not None:  # ended while parked (cancelled): not parked any more
             runtime.wait = None
             self.parked -= 1
@@ -103,12 +119,65 @@ class Monitor:
         if self.live and self.parked >= self.live:
             self.schedule_check()
 
+    def close(self) -> None:
+        """The run is over: drop a pending confirmation."""
+        if self._suspect is not None:
+            self._suspect.cancel()
+            self._suspect = None
+
+    def _all_stuck(self) -> bool:
+        if not self.live or self.parked < self.live:
+            return False
+        return all(
+            rt.wait is not None and not rt.wait[2].done() and not rt.busy for rt in self._waiting()
+        )
+
+    def _waiting(self) -> list[StepRuntime]:
+        return [rt for rt in self.runtimes if rt.task is not None and not rt.task.done()]
+
     def _check(self) -> None:
         self._check_pending = False
-        if not self.live or self.parked < self.live:
+        if self._suspect is not None or not self._all_stuck():
             return
-        waiting = [rt for rt in self.runtimes if rt.task is not None and not rt.task.done()]
-        for rt in waiting:
-            if rt.wait is None or rt.wait[2].done() or rt.busy:
-                return
-        self.on_deadlock([rt.describe_wait() for rt in waiting])
+        loop = asyncio.get_running_loop()
+        due = max((t.when() for t in self._timers_that_may_help(loop)), default=0.0)
+        self._moves_at_suspicion = self.moves
+        self._suspect = loop.call_at(max(due, loop.time() + self.GRACE_S), self._confirm)
+
+    def _timers_that_may_help(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+        """Timers pending on the loop, except those of the task awaiting ``start()``.
+
+        The caller's own timeout (``asyncio.timeout``, ``wait_for``) must not delay the
+        verdict: the point of reporting a deadlock is not to wait for that timeout. Any other
+        timer (a sleep in a stream or in a helper task, a stream's ``asyncio.timeout``) may
+        wake something that moves the graph. Reads asyncio internals defensively: on a loop
+        without them only the grace period applies.
+        """
+        timers: list[asyncio.TimerHandle] = list(getattr(loop, "_scheduled", ()))
+        return [t for t in timers if not t.cancelled() and _timer_task(t) is not self.caller]
+
+    def _confirm(self) -> None:
+        self._suspect = None
+        if not self._all_stuck():
+            return
+        if self.moves != self._moves_at_suspicion:
+            self._check()  # something moved meanwhile and is stuck again: look anew
+            return
+        self.on_deadlock([rt.describe_wait() for rt in self._waiting()])
+
+
+def _timer_task(timer: asyncio.TimerHandle) -> asyncio.Task[Any] | None:
+    """The task a timer will wake, when asyncio's internals tell (else ``None``)."""
+    callback = getattr(timer, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Timeout):
+        task = getattr(owner, "_task", None)
+        return task if isinstance(task, asyncio.Task) else None
+    for arg in getattr(timer, "_args", None) or ():
+        if isinstance(arg, asyncio.Future):
+            for entry in getattr(arg, "_callbacks", None) or ():
+                waker = entry[0] if isinstance(entry, tuple) else entry
+                task = getattr(waker, "__self__", None)
+                if isinstance(task, asyncio.Task):
+                    return task
+    return None

@@ -151,9 +151,14 @@ class Input(Generic[T]):
         return len(self._items)
 
     @property
+    def buffered(self) -> int:
+        """Items waiting in the buffer now."""
+        return 0 if self._finished else len(self._items)
+
+    @property
     def received(self) -> int:
         """Items delivered to this input so far (derived, so the hot path counts one less)."""
-        return self.taken + self.dropped + self.discarded + len(self._items)
+        return self.taken + self.dropped + self.discarded + self.buffered
 
     @property
     def exhausted(self) -> bool:
@@ -273,6 +278,8 @@ class Input(Generic[T]):
 
     def _finish(self) -> None:
         """The consuming stream is done: discard what is left and never block producers."""
+        if self._finished:
+            return
         self._finished = True
         self.discarded += len(self._items)
         # From now on every arrival is counted and dropped on the floor, with no branch on
@@ -295,17 +302,32 @@ class Input(Generic[T]):
 
 
 class _DiscardSink(deque[T]):
-    """The buffer of an input whose stream has finished: counts each arrival as discarded."""
+    """The buffer of an input whose stream has finished: counts each arrival as discarded.
+
+    It reports the arrivals since the producer last yielded as its length, so a producer
+    feeding only finished consumers still finds it "full" every ``threshold`` items and
+    yields to the loop (``Output._wait_for_room``) instead of monopolising it.
+    """
 
     def __init__(self, port: Input[T]) -> None:
         super().__init__()
         self._port = port
+        self.since_yield = 0
 
     def append(self, item: T) -> None:
         self._port.discarded += 1
+        self.since_yield += 1
 
     def extend(self, items: Iterable[T]) -> None:
-        self._port.discarded += len(list(items))
+        count = len(list(items))
+        self._port.discarded += count
+        self.since_yield += count
+
+    def __len__(self) -> int:
+        return self.since_yield
+
+    def __bool__(self) -> bool:
+        return False
 
 
 class Output(Subject[T]):
@@ -354,6 +376,10 @@ class Output(Subject[T]):
         if self.observers:
             self._notify(item)
         return True
+
+    def _room_limit(self) -> int:
+        """The smallest threshold among the connected inputs (how much one batch may hold)."""
+        return min((t.threshold for t in self.targets), default=DEFAULT_BUFFER_SIZE)
 
     def _room(self) -> int:
         """How many items every connected input can take right now without waiting."""
@@ -432,6 +458,10 @@ class Output(Subject[T]):
             full = next((t for t in self.targets if not t._has_room()), None)
             if full is None:
                 return
+            if full._finished:  # nobody will drain it: just let the others run once
+                full._items.since_yield = 0  # type: ignore[attr-defined]
+                await asyncio.sleep(0)
+                continue
             waiter: asyncio.Future[None] = loop.create_future()
             full._producers.append(waiter)
             parked = self._rt.park("push()", self, waiter)

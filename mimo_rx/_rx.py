@@ -48,11 +48,12 @@ HANDOFF_ITEMS = 1024
 SUBSCRIBE_WAIT_S = 1.0
 
 
-class _Stop(BaseException):
-    """Unwinds a paused cold observable's thread when the workflow no longer wants items.
+class _Stop(Exception):
+    """Stops a paused cold observable's thread when the workflow no longer wants items.
 
-    A ``BaseException`` so that Rx's ``except Exception`` handlers do not turn it into
-    ``on_error``.
+    Raised from ``on_next`` on the observable's own thread. Rx sources such as
+    ``from_iterable`` turn it into ``on_error``, which makes Rx dispose everything the
+    subscription holds (also parts already subscribed, like a merged timer).
     """
 
 
@@ -90,12 +91,17 @@ class IterableSource(Stream):
     async def run(self, ins: Ports, outs: Ports) -> None:
         out: Output[Any] = outs.out
         iterator = iter(self.iterable)
-        while not out.abandoned:  # stop pulling once every consumer has finished
-            # Pull only what the downstream buffers have room for right now: never ahead.
-            batch = list(itertools.islice(iterator, max(out._room(), 1)))
-            if not batch:
-                return
-            await out._push_many(batch)
+        try:
+            while not out.abandoned:  # stop pulling once every consumer has finished
+                # Pull only what the downstream buffers have room for right now: never ahead.
+                batch = list(itertools.islice(iterator, max(out._room(), 1)))
+                if not batch:
+                    return
+                await out._push_many(batch)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator stopped early runs its finally blocks now
+                close()
 
 
 class AsyncIterableSource(Stream):
@@ -151,15 +157,11 @@ class _Handoff:
                 self.terminated = True
             if block:
                 while len(self.entries) >= HANDOFF_ITEMS and not self.stopped:
-                    self._schedule_wake()
                     self.lock.wait()
                 if self.stopped:
                     raise _Stop
-                # Cold items are handed over in batches: the loop is woken when the hand-off
-                # is full or subscribe() returns, not once per item.
-                self.entries.append((kind, value))
-                return
             self.entries.append((kind, value))
+            # One wake-up per batch: the loop takes everything that arrived in the meantime.
             self._schedule_wake()
 
     def flush(self) -> None:
@@ -253,7 +255,10 @@ class ObservableSource(Stream):
         def subscribe() -> None:
             observer.cold_thread = threading.get_ident()
             try:
-                self._subscription = self.observable.subscribe(observer)
+                subscription = self.observable.subscribe(observer)
+                self._subscription = subscription
+                if handoff.stopped:  # stopped while subscribe() ran: release what it holds
+                    subscription.dispose()
             except _Stop:
                 pass
             except Exception as exc:  # subscribe() itself failed
@@ -496,6 +501,8 @@ class RxStream(Stream):
         self._open_results = 0
         self._followers: list[RxStream] = []  # operator streams fused behind this one
         self._failed_stage: str | None = None  # which fused stage an error came from
+        self._runtime: StepRuntime | None = None
+        self._foreign = False  # the chain has emitted from a thread other than the loop's
 
     def _fuse(self, followers: list[Stream]) -> None:
         self._followers = [f for f in followers if isinstance(f, RxStream)]
@@ -506,7 +513,15 @@ class RxStream(Stream):
             self._record(event)
         else:  # an operator that runs on a thread of its own: hand over to the loop
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._record, event)
+            self._loop.call_soon_threadsafe(self._record_foreign, event)
+
+    def _record_foreign(self, event: tuple[str, int, Any]) -> None:
+        # The chain works on a thread of its own (observe_on, a TimeoutScheduler): it can
+        # emit without any input, so this stream is never counted as deadlocked again.
+        if not self._foreign and self._runtime is not None:
+            self._foreign = True
+            self._runtime.busy += 1
+        self._record(event)
 
     def _record(self, event: tuple[str, int, Any]) -> None:
         self._events.append(event)
@@ -559,6 +574,7 @@ class RxStream(Stream):
         inputs: list[Input[Any]] = list(ins)
         ports: list[Input[Any] | Output[Any]] = [*inputs, *outs]
         runtime = ports[0]._rt if ports else None
+        self._runtime = runtime
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
         feeds = [_Feed() for _ in inputs]
         results = self._results(feeds)
@@ -579,7 +595,11 @@ class RxStream(Stream):
                     await self._push_events(outputs)
                 if self._open_results == 0:
                     return  # every result completed (take(n) and friends): inputs detach
-                if not self._feed(inputs, feeds) and not self._events:
+                # A timer may emit faster than downstream takes: then stop feeding more
+                # input until what it emitted has gone out (the timer itself is hot).
+                backlog = len(self._events) >= min((o._room_limit() for o in outputs), default=1)
+                fed = not backlog and self._feed(inputs, feeds)
+                if not fed and not self._events:
                     await self._wait(inputs, runtime, loop)
         finally:
             for subscription in subscriptions:
@@ -605,7 +625,10 @@ class RxStream(Stream):
     async def _push_events(self, outputs: list[Output[Any]]) -> None:
         """Push what the chain emitted, in order, a run of items per output at a time."""
         events = self._events
-        while events:
+        # Only what is there now: a timer that keeps emitting must not starve the inputs.
+        for _ in range(len(events)):
+            if not events:
+                break
             kind, index, value = events.popleft()
             if kind == "next":
                 run = [value]

@@ -326,7 +326,7 @@ def _input_stats(port: Input[Any]) -> dict[str, int | float]:
         "taken": port.taken,
         "dropped": port.dropped,
         "discarded": port.discarded,
-        "buffered": len(port._items),
+        "buffered": port.buffered,
         "peak_buffered": port.peak,
         "paused_s": round(port.paused_s, 6),
         "threshold": port.threshold,
@@ -419,6 +419,7 @@ class _Run:
             runtime.task = task
             tasks.append(task)
         self.workflow._run_state = "running"
+        self.monitor.caller = asyncio.current_task()
         if not tasks:
             self.workflow._run_state = "done"
             return
@@ -427,6 +428,8 @@ class _Run:
         except asyncio.CancelledError:
             await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
             raise
+        finally:
+            self.monitor.close()
         if self.deadlock is not None:
             await self._shutdown(tasks, self.deadlock, "failed")
             _attach_others(self.deadlock, self.failures)
