@@ -29,12 +29,14 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from reactivex import Observable
 from reactivex import abc as rx_abc
+from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex.subject import Subject
 
 from ._errors import ConfigError
 from ._monitor import StepRuntime
@@ -49,11 +51,9 @@ SUBSCRIBE_WAIT_S = 1.0
 
 
 class _Stop(Exception):
-    """Stops a paused cold observable's thread when the workflow no longer wants items.
+    """Breaks the loop of a cold observable that keeps emitting after it was disposed.
 
-    Raised from ``on_next`` on the observable's own thread. Rx sources such as
-    ``from_iterable`` turn it into ``on_error``, which makes Rx dispose everything the
-    subscription holds (also parts already subscribed, like a merged timer).
+    Raised from ``on_next`` on the observable's own thread; Rx turns it into ``on_error``.
     """
 
 
@@ -144,25 +144,27 @@ class _Handoff:
         self.stopped = False  # the source task ended: producers must stop
         self.terminated = False  # a terminal signal was received: ignore anything after it
 
-    def put(self, kind: str, value: Any, block: bool) -> None:
-        """Append an entry (from any thread); block a cold producer while the hand-off is full."""
+    def put(self, kind: str, value: Any, block: bool) -> bool:
+        """Append an entry (from any thread); block a cold producer while the hand-off is full.
+
+        Returns ``False`` when the entry was refused because the source task has stopped.
+        """
         with self.lock:
             if self.stopped:
-                if block:
-                    raise _Stop
-                return
+                return False
             if self.terminated:
-                return  # a misbehaving source: nothing after the terminal signal counts
+                return True  # a misbehaving source: nothing after the terminal signal counts
             if kind in ("completed", "error"):
                 self.terminated = True
             if block:
                 while len(self.entries) >= HANDOFF_ITEMS and not self.stopped:
                     self.lock.wait()
                 if self.stopped:
-                    raise _Stop
+                    return False
             self.entries.append((kind, value))
             # One wake-up per batch: the loop takes everything that arrived in the meantime.
             self._schedule_wake()
+            return True
 
     def flush(self) -> None:
         """Wake the loop for whatever is waiting in the hand-off (subscribe() returned)."""
@@ -214,6 +216,10 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
         self.handoff = handoff
         self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
         self.first_signal = threading.Event()
+        # Fired (on the emitting thread) once the workflow wants no more: the subscription
+        # is made through take_until(stop), so Rx completes and disposes everything it holds.
+        self.stop: Subject[None] = Subject()
+        self.stop_sent = False
 
     def _cold(self) -> bool:
         return threading.get_ident() == self.cold_thread
@@ -221,7 +227,13 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
     def on_next(self, value: Any) -> None:
         cold = self._cold()
         self.first_signal.set()
-        self.handoff.put("cold" if cold else "hot", value, block=cold)
+        if self.handoff.put("cold" if cold else "hot", value, block=cold) or not cold:
+            return
+        if not self.stop_sent:
+            self.stop_sent = True
+            self.stop.on_next(None)
+        else:  # a source that ignores disposal and keeps emitting: break out of its loop
+            raise _Stop
 
     def on_error(self, error: Exception) -> None:
         self.first_signal.set()
@@ -255,7 +267,10 @@ class ObservableSource(Stream):
         def subscribe() -> None:
             observer.cold_thread = threading.get_ident()
             try:
-                subscription = self.observable.subscribe(observer)
+                # Any ObservableBase works here (take_until only calls its subscribe()).
+                source = cast(Observable[Any], self.observable)
+                stoppable = ops.take_until(observer.stop)(source)
+                subscription = stoppable.subscribe(observer)
                 self._subscription = subscription
                 if handoff.stopped:  # stopped while subscribe() ran: release what it holds
                     subscription.dispose()
@@ -591,15 +606,14 @@ class RxStream(Stream):
         ]
         try:
             while True:
+                # Feed and push in turns, one run of results at a time, so that a timer
+                # emitting faster than downstream takes cannot keep the inputs unread.
+                fed = self._feed(inputs, feeds)
                 if self._events:
-                    await self._push_events(outputs)
-                if self._open_results == 0:
+                    await self._push_run(outputs)
+                elif self._open_results == 0:
                     return  # every result completed (take(n) and friends): inputs detach
-                # A timer may emit faster than downstream takes: then stop feeding more
-                # input until what it emitted has gone out (the timer itself is hot).
-                backlog = len(self._events) >= min((o._room_limit() for o in outputs), default=1)
-                fed = not backlog and self._feed(inputs, feeds)
-                if not fed and not self._events:
+                elif not fed:
                     await self._wait(inputs, runtime, loop)
         finally:
             for subscription in subscriptions:
@@ -608,6 +622,8 @@ class RxStream(Stream):
     def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
         """Feed everything buffered (and every close) into the chain; return whether any."""
         fed = False
+        if self._open_results == 0:
+            return False
         for port, feed in zip(inputs, feeds, strict=True):
             if port._items:
                 batch = port._take_all()
@@ -622,26 +638,23 @@ class RxStream(Stream):
                 fed = True
         return fed
 
-    async def _push_events(self, outputs: list[Output[Any]]) -> None:
-        """Push what the chain emitted, in order, a run of items per output at a time."""
+    async def _push_run(self, outputs: list[Output[Any]]) -> None:
+        """Push the next run of results for one output (or act on the next terminal signal)."""
         events = self._events
-        # Only what is there now: a timer that keeps emitting must not starve the inputs.
-        for _ in range(len(events)):
-            if not events:
-                break
-            kind, index, value = events.popleft()
-            if kind == "next":
-                run = [value]
-                while events and events[0][0] == "next" and events[0][1] == index:
-                    run.append(events.popleft()[2])
-                await outputs[index]._push_many(run)
-            elif kind == "completed":
-                outputs[index].close()
-            elif self._followers:
-                stage = self._failed_stage or outputs[index].stream_name
-                raise FusedStageError(stage, value)
-            else:
-                raise value
+        kind, index, value = events.popleft()
+        if kind == "next":
+            out = outputs[index]
+            run = [value]
+            limit = out._room_limit()  # at most a buffer-full before the inputs are fed again
+            while len(run) < limit and events and events[0][0] == "next" and events[0][1] == index:
+                run.append(events.popleft()[2])
+            await out._push_many(run)
+        elif kind == "completed":
+            outputs[index].close()
+        elif self._followers:
+            raise FusedStageError(self._failed_stage or outputs[index].stream_name, value)
+        else:
+            raise value
 
     async def _wait(
         self,
