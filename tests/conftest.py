@@ -1,0 +1,23 @@
+"""Hypothesis profiles: "ci" (default, 200 examples) and "deep" (2000), chosen by the
+environment variable HYPOTHESIS_PROFILE. Neither has a deadline: a run's duration depends on
+the event loop, not only on the example."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "deep",
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
