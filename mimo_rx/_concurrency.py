@@ -6,15 +6,17 @@ a ``concurrent.futures.Executor``: threads, processes, or a Dask cluster
 (``distributed.Client(...).get_executor()``). The API follows aiostream's
 ``map(task_limit=...)`` and Akka's ``mapAsync``/``mapAsyncUnordered``.
 
-Timing with ``concurrency=2``, ``ordered=True`` (``[a]`` = ``fn(a)`` in flight)::
+Timing with ``concurrency=2`` (``[==]`` = ``fn(item)`` running)::
 
-    x:      a--b--c---------d----|
-    jobs:   [a---] [c---------]
-               [b---------] [d--]
-    y:      ------a-----b---c---d|      b waits for nothing, c waits for b, a slot frees
-                                        only when its result has been pushed
+    x:      a-b-c-------d-------|
+    fn(a):  [=======]
+    fn(b):    [=]                      b is done first but keeps its slot until a is out
+    fn(c):          [=====]            c waits, buffered in x, until a slot frees
+    fn(d):              [===]
+    y:      --------a-b---c-d---|      ordered=True: results in input order
 
-With ``ordered=False`` each result goes out as soon as it is ready.
+With ``ordered=False`` each result goes out as soon as it is ready (b at once, which frees its
+slot for c). An error does not wait for its turn: the first exception ends the stage.
 
 Invariants (the stream's own task does every ``pop`` and every ``push``):
 
@@ -32,7 +34,8 @@ Invariants (the stream's own task does every ``pop`` and every ``push``):
   job already running in a thread or a process cannot be interrupted by Python: it runs to its
   end and its result is dropped.
 * **Errors keep their type.** An exception raised by ``fn`` (also on a remote worker) ends the
-  stream with that exception, so the workflow raises ``StreamError`` with it as ``__cause__``.
+  stream with that exception as soon as it arrives, even with ``ordered=True`` while earlier
+  items still run; the workflow raises ``StreamError`` with it as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ class _Jobs:
         self.jobs: deque[_Job] = deque()  # submitted, result not yet pushed, in input order
         self.finished: deque[_Job] = deque()  # completed, in completion order (unordered)
         self.running = 0  # jobs not yet completed, counted in runtime.busy
+        self.failed: _Job | None = None  # the first job that raised: it goes out first
         self.wake: asyncio.Future[None] | None = None
         self.closed = False
 
@@ -239,7 +243,15 @@ class _Jobs:
         runtime.busy -= 1
         if runtime.busy == 0 and runtime.monitor is not None:
             runtime.monitor.recheck()
-        if not self.stream.ordered:
+        future = job.future
+        if (
+            self.failed is None
+            and future is not None
+            and not future.cancelled()
+            and future.exception() is not None
+        ):
+            self.failed = job
+        elif not self.stream.ordered:
             self.finished.append(job)
         wake = self.wake
         if wake is not None and not wake.done():
@@ -247,6 +259,10 @@ class _Jobs:
 
     def next_ready(self) -> _Job | None:
         """The next job whose result may be pushed now, removed from the in-flight jobs."""
+        if self.failed is not None:  # fail fast: do not wait for earlier items
+            job, self.failed = self.failed, None
+            self.jobs.remove(job)
+            return job
         if self.stream.ordered:
             if self.jobs and self.jobs[0].done:
                 return self.jobs.popleft()
@@ -282,9 +298,14 @@ class _Jobs:
         wake: asyncio.Future[None] = self.loop.create_future()
         self.wake = wake
         # The input's getter is the future an arriving item (or the close) resolves; only this
-        # task reads x, so the slot is ours. The wait is not parked with the deadlock monitor:
+        # task reads x, so the slot is free. The wait is not parked with the deadlock monitor:
         # the jobs in flight (busy) can end it without help.
-        listen = x is not None and not x._closed and not x._items
+        listen = (
+            x is not None
+            and not x.closed
+            and not len(x)
+            and (x._getter is None or x._getter.done())
+        )
         if listen:
             assert x is not None
             x._getter = wake
@@ -311,6 +332,7 @@ class _Jobs:
         self.running = 0
         self.jobs.clear()
         self.finished.clear()
+        self.failed = None
         if tasks:
             await asyncio.wait(tasks)
 

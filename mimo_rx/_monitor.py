@@ -7,23 +7,32 @@ and none of the parked futures has been resolved, nothing inside the workflow ca
 again: the :class:`Monitor` reports a deadlock instead of letting the run hang.
 
 Waits that can make progress on their own (a sleep, I/O, an executor, a hot source, an Rx
-timer) are not parked, so they never count towards a deadlock.
+timer) are not parked, so they never count towards a deadlock. Tasks that stream code spawns
+(helpers) are tracked too, through a task factory installed on the loop while a run lasts: a
+step is stuck only if each of its helpers is done or parked in a mimo_rx wait as well.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextvars
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
 
+# The step whose code is running: set in each step's task, inherited by the tasks it spawns.
+current_step: contextvars.ContextVar[StepRuntime | None] = contextvars.ContextVar(
+    "mimo_rx_current_step", default=None
+)
+
 
 class StepRuntime:
     """The run-time state of one step that its ports report to."""
 
-    __slots__ = ("busy", "inputs", "monitor", "name", "task", "wait")
+    __slots__ = ("busy", "helper_waits", "helpers", "inputs", "monitor", "name", "task", "wait")
 
     def __init__(self, name: str, monitor: Monitor | None, inputs: list[Input[Any]]) -> None:
         self.name = name
@@ -35,16 +44,24 @@ class StepRuntime:
         # Library work in flight on the step's behalf (Rx timers, executor jobs): while it is
         # positive the step can make progress without help, so it is never deadlocked.
         self.busy = 0
+        # Tasks spawned by the step's code, and the mimo_rx futures those are parked on.
+        self.helpers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self.helper_waits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
 
     def park(self, what: str, port: Input[Any] | Output[Any], future: asyncio.Future[None]) -> bool:
-        """Record that the step's task suspends on ``future``; returns whether it was recorded.
+        """Record that a task of this step suspends on ``future``; return whether it did.
 
-        Only the step's own task is tracked: a helper task a user spawns inside a stream may
-        wait on a port while the stream itself does something else.
+        Call :meth:`unpark` from the same task when the wait ends (if this returned True).
         """
         monitor = self.monitor
-        if monitor is None or asyncio.current_task() is not self.task:
+        if monitor is None:
             return False
+        task = asyncio.current_task()
+        if task is not self.task:
+            if task is None or task not in self.helpers:
+                return False
+            self.helper_waits[task] = future
+            return True
         self.wait = (what, port, future)
         monitor.parked += 1
         # A producer paused on one of our inputs waits for the low-water mark. Once we stop
@@ -57,15 +74,84 @@ class StepRuntime:
         return True
 
     def unpark(self) -> None:
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.moves += 1
+        task = asyncio.current_task()
+        if task is not self.task:
+            self.helper_waits.pop(task, None)  # type: ignore[arg-type]
+            return
         self.wait = None
-        if self.monitor is not None:
-            self.monitor.parked -= 1
-            self.monitor.moves += 1
+        monitor.parked -= 1
+
+    def stuck(self) -> bool:
+        """Parked on an unresolved wait, with no library work in flight and no helper that
+        could still move (every helper is done or parked on an unresolved wait too)."""
+        if self.wait is None or self.wait[2].done() or self.busy:
+            return False
+        for helper in list(self.helpers):
+            if helper.done():
+                continue
+            waiting_on = self.helper_waits.get(helper)
+            if waiting_on is None or waiting_on.done():
+                return False
+        return True
 
     def describe_wait(self) -> str:
         assert self.wait is not None
         what, port, _ = self.wait
         return f"stream {self.name!r} waits in {what} on {port._describe_wait()}"
+
+
+# -- tracking the tasks that stream code spawns -------------------------------------------------
+
+_TaskFactory = Callable[..., "asyncio.Future[Any]"]
+# Per loop: how many runs are active, and the factory that was installed before ours.
+_installed: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[int, _TaskFactory | None]
+] = weakref.WeakKeyDictionary()
+
+
+def track_spawned_tasks(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Tag tasks created from inside a step with that step, for as long as a run lasts.
+
+    Chains to the loop's existing task factory. Returns the function that undoes it (the
+    last run on a loop to finish restores the previous factory, unless someone replaced ours).
+    """
+    count, previous = _installed.get(loop, (0, None))
+    if count == 0:
+        previous = loop.get_task_factory()
+
+        def factory(
+            loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+        ) -> asyncio.Future[Any]:
+            if previous is not None:
+                task = previous(loop, coro, **kwargs)
+            else:
+                task = asyncio.Task(coro, loop=loop, **kwargs)
+            step = current_step.get()
+            if step is not None and isinstance(task, asyncio.Task):
+                step.helpers.add(task)
+            return task
+
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        _installed[loop] = (1, previous)
+        ours = factory
+    else:
+        _installed[loop] = (count + 1, previous)
+        ours = loop.get_task_factory()  # type: ignore[assignment]
+
+    def undo() -> None:
+        count, previous = _installed.get(loop, (1, None))
+        if count > 1:
+            _installed[loop] = (count - 1, previous)
+            return
+        _installed.pop(loop, None)
+        if loop.get_task_factory() is ours:
+            loop.set_task_factory(previous)
+
+    return undo
 
 
 class Monitor:
@@ -128,9 +214,7 @@ class Monitor:
     def _all_stuck(self) -> bool:
         if not self.live or self.parked < self.live:
             return False
-        return all(
-            rt.wait is not None and not rt.wait[2].done() and not rt.busy for rt in self._waiting()
-        )
+        return all(rt.stuck() for rt in self._waiting())
 
     def _waiting(self) -> list[StepRuntime]:
         return [rt for rt in self.runtimes if rt.task is not None and not rt.task.done()]

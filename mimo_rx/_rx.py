@@ -3,13 +3,15 @@
 Sources (``Workflow.add_source``):
 
 * **Iterables and async iterables** are pulled one item per ``await push``: true back-pressure.
-* **Observables** are subscribed on a worker thread when ``start()`` begins (``start()`` waits
-  until ``subscribe()`` has returned or started emitting, so nothing emitted after that is
-  missed). What the observable emits *on that thread while subscribe() runs* is a cold,
-  synchronous sequence (``reactivex.range``, ``from_iterable``): the worker blocks when the
-  hand-off to the loop holds ``HANDOFF_ITEMS`` items, so the source is truly paused and never
-  drained into memory. Anything emitted later, or from another thread (a ``Subject`` fed by
-  the application, a timer), is hot: it cannot be paused, and each input it feeds applies the
+* **Observables** are subscribed on a worker thread when ``start()`` begins. ``start()`` waits
+  (up to ``SUBSCRIBE_WAIT_S``) until ``subscribe()`` has returned or the thread is paused on a
+  full hand-off, so a hot part subscribed after a few cold items
+  (``subject.pipe(ops.start_with(...))``) misses nothing emitted once ``start()`` has begun.
+  What the observable emits *on that thread while subscribe() runs* is a cold, synchronous
+  sequence (``reactivex.range``, ``from_iterable``): the worker blocks when the hand-off to the
+  loop holds ``HANDOFF_ITEMS`` items, so the source is truly paused and never drained into
+  memory. Anything emitted later, or from another thread (a ``Subject`` fed by the
+  application, a timer), is hot: it cannot be paused, and each input it feeds applies the
   source's overflow policy when full.
 
 Every item, cold or hot, travels through one ordered hand-off, so items reach the loop in the
@@ -46,8 +48,9 @@ from ._stream import FusedStageError, Ports, Stream
 # How many items a cold observable may run ahead of the loop before its thread is paused.
 HANDOFF_ITEMS = 1024
 
-# How long start() waits (blocking the loop) for an observable's subscribe() to return or emit.
-SUBSCRIBE_WAIT_S = 1.0
+# How long start() may wait (blocking the loop) for an observable's subscribe() to return or
+# pause; only a cold source that is slow to produce (blocking I/O in subscribe) costs this.
+SUBSCRIBE_WAIT_S = 0.1
 
 
 class _Stop(Exception):
@@ -143,6 +146,7 @@ class _Handoff:
         self.wake_scheduled = False
         self.stopped = False  # the source task ended: producers must stop
         self.terminated = False  # a terminal signal was received: ignore anything after it
+        self.settled = threading.Event()  # subscribe() returned, or its thread is paused
 
     def put(self, kind: str, value: Any, block: bool) -> bool:
         """Append an entry (from any thread); block a cold producer while the hand-off is full.
@@ -158,6 +162,7 @@ class _Handoff:
                 self.terminated = True
             if block:
                 while len(self.entries) >= HANDOFF_ITEMS and not self.stopped:
+                    self.settled.set()
                     self.lock.wait()
                 if self.stopped:
                     return False
@@ -215,7 +220,6 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
     def __init__(self, handoff: _Handoff) -> None:
         self.handoff = handoff
         self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
-        self.first_signal = threading.Event()
         # Fired (on the emitting thread) once the workflow wants no more: the subscription
         # is made through take_until(stop), so Rx completes and disposes everything it holds.
         self.stop: Subject[None] = Subject()
@@ -226,7 +230,6 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
 
     def on_next(self, value: Any) -> None:
         cold = self._cold()
-        self.first_signal.set()
         if self.handoff.put("cold" if cold else "hot", value, block=cold) or not cold:
             return
         if not self.stop_sent:
@@ -236,11 +239,9 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
             raise _Stop
 
     def on_error(self, error: Exception) -> None:
-        self.first_signal.set()
         self.handoff.put("error", error, block=False)
 
     def on_completed(self) -> None:
-        self.first_signal.set()
         self.handoff.put("completed", None, block=False)
 
 
@@ -261,7 +262,6 @@ class ObservableSource(Stream):
         """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
         handoff = _Handoff(asyncio.get_running_loop())
         observer = _SourceObserver(handoff)
-        subscribed = threading.Event()
         self._handoff = handoff
 
         def subscribe() -> None:
@@ -281,14 +281,13 @@ class ObservableSource(Stream):
             finally:
                 observer.cold_thread = None
                 handoff.flush()
-                subscribed.set()
-                observer.first_signal.set()
+                handoff.settled.set()
 
         self._thread = threading.Thread(
             target=subscribe, name=f"mimo_rx source {self.name}", daemon=True
         )
         self._thread.start()
-        observer.first_signal.wait(SUBSCRIBE_WAIT_S)
+        handoff.settled.wait(SUBSCRIBE_WAIT_S)
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         handoff = self._handoff

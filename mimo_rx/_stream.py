@@ -360,6 +360,14 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
             again = step(ins, outs)
         except StopIteration as exc:  # would become RuntimeError inside this coroutine
             raise UserStopIteration(exc) from exc
+        if inspect.isawaitable(again):
+            if inspect.iscoroutine(again):
+                again.close()  # never awaited: no "coroutine was never awaited" warning
+            raise ConfigError(
+                f"the plain function of stream {stream.name!r} returned an awaitable; a plain "
+                "def is called as a mimo 1.0 step function with synchronous ports. Write the "
+                "function as 'async def' (a lambda cannot be async) to use await in it"
+            )
         seen = arrivals()
         for view in outs_views:
             await view._flush()

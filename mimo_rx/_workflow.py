@@ -22,12 +22,12 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowError,
 )
-from ._monitor import Monitor, StepRuntime
+from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
 from ._stream import FusedStageError, Stream, UserStopIteration
 
-# How long cancelled streams get to finish before the run gives up on them.
-CANCEL_GRACE_S = 5.0
+# How long cancelled streams get to finish before the run gives up on them (default).
+CANCEL_TIMEOUT_S = 5.0
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
@@ -84,10 +84,20 @@ class Workflow:
 
     Args:
         buffer_size: the default threshold of every input (1024).
+        cancel_timeout: seconds that cancelled streams get to finish (when the run fails or
+            is cancelled) before ``start()`` gives up on them with a ``WorkflowError`` naming
+            them; only code that swallows ``asyncio.CancelledError`` ever needs it.
     """
 
-    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+    def __init__(
+        self, buffer_size: int = DEFAULT_BUFFER_SIZE, *, cancel_timeout: float = CANCEL_TIMEOUT_S
+    ) -> None:
         self.buffer_size = check_buffer_size(buffer_size, "the workflow")
+        if not cancel_timeout > 0:
+            raise ConfigError(
+                f"cancel_timeout must be a positive number of seconds, not {cancel_timeout!r}"
+            )
+        self.cancel_timeout = float(cancel_timeout)
         self.steps: list[Step] = []
         self.pipes: list[Pipe] = []
         self._names: set[str] = set()
@@ -413,6 +423,13 @@ class _Run:
         self.remaining = len(steps)
         for step, _ in steps:
             step.stream._on_start()
+        untrack = track_spawned_tasks(self.loop)
+        try:
+            await self._supervise(steps)
+        finally:
+            untrack()
+
+    async def _supervise(self, steps: list[tuple[Step, StepRuntime]]) -> None:
         tasks: list[asyncio.Task[None]] = []
         for step, runtime in steps:
             task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
@@ -443,6 +460,7 @@ class _Run:
         self.workflow._run_state = "done"
 
     async def _run_step(self, step: Step, runtime: StepRuntime) -> None:
+        current_step.set(runtime)  # tasks this stream spawns are tracked as its helpers
         group = [step, *self.chains.get(step, [])]  # the step and any fused behind it
         for member in group:
             member.status = "running"
@@ -494,13 +512,14 @@ class _Run:
         for task in tasks:
             task.cancel()
         pending = {t for t in tasks if not t.done()}
-        deadline = self.loop.time() + CANCEL_GRACE_S
+        grace = self.workflow.cancel_timeout
+        deadline = self.loop.time() + grace
         while pending:
             timeout = deadline - self.loop.time()
             if timeout <= 0:
                 stuck = ", ".join(repr(t.get_name().removeprefix("mimo_rx:")) for t in pending)
                 raise WorkflowError(
-                    f"stream(s) {stuck} did not stop within {CANCEL_GRACE_S} s of being "
+                    f"stream(s) {stuck} did not stop within {grace} s of being "
                     "cancelled; do not swallow asyncio.CancelledError in stream code"
                 ) from reason
             try:

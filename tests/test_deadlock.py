@@ -240,13 +240,6 @@ def test_a_producer_paused_by_a_consumer_that_is_busy_elsewhere_is_not_a_deadloc
     assert s.state["seen"] == list(range(10))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeadlockError,
-    reason="BUG: the monitor only looks at each stream's own task; a helper task of that "
-    "stream which is sleeping or waiting for an executor, and will then push, is ignored: "
-    "once the grace period is over the wait it will satisfy is reported as a deadlock",
-)
 @pytest.mark.parametrize("helper_waits_for", ["sleep", "executor"])
 def test_a_stream_whose_helper_task_is_busy_before_pushing_is_not_a_deadlock(helper_waits_for):
     got: list[int] = []
@@ -302,3 +295,33 @@ def test_a_pop_under_an_asyncio_timeout_is_not_a_deadlock():
     p.pipe(j, input="b")
     run_checked(wf)
     assert sorted(got) == sorted((n, i) for n in "ab" for i in range(6))
+
+
+def test_a_deadlock_is_reported_when_a_streams_helper_task_is_stuck_too():
+    async def split(ins, outs, state):
+        async def push_both():
+            for i in range(10):
+                await outs.a.push(i)  # parks on a full 'a' while nobody reads it
+                await outs.b.push(i)
+
+        helper = asyncio.get_running_loop().create_task(push_both())
+        try:
+            async for _ in ins.back:  # the stream's own task waits here
+                pass
+        finally:
+            helper.cancel()
+
+    async def drain_b_first(ins, outs, state):
+        async for _ in ins.b:
+            pass
+        async for _ in ins.a:
+            pass
+
+    wf = Workflow(buffer_size=2)
+    p = wf.add_stream(Stream(["back"], ["a", "b"], fn=split))
+    j = wf.add_stream(Stream(["a", "b"], ["done"], fn=drain_b_first))
+    p.pipe(j, output="a", input="a")
+    p.pipe(j, output="b", input="b")
+    j.pipe(p, output="done", input="back")
+    with pytest.raises(DeadlockError, match="drain_b_first"):
+        run_checked(wf)

@@ -9,7 +9,7 @@ import pytest
 from harness import Collector, RecordingObserver, linear, run_checked, source
 
 import mimo_rx
-from mimo_rx import Stream, StreamError, Workflow
+from mimo_rx import ConfigError, Stream, StreamError, Workflow
 
 # -- construction -----------------------------------------------------------------------------
 
@@ -498,3 +498,17 @@ def test_plain_def_raising_fails_the_workflow_with_stream_error():
     with pytest.raises(StreamError, match="'broken'") as info:
         run_checked(wf)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_a_plain_function_that_returns_a_coroutine_fails_with_a_clear_error():
+    async def work(ins, outs):
+        async for item in ins.x:
+            await outs.y.push(item)
+
+    wf = Workflow()
+    src = wf.add_stream(Stream(outs=["y"]))
+    s = wf.add_stream(Stream(["x"], ["y"], fn=lambda ins, outs, state: work(ins, outs)))
+    src.pipe(s)
+    with pytest.raises(StreamError, match="async def") as info:
+        run_checked(wf)
+    assert isinstance(info.value.__cause__, ConfigError)
