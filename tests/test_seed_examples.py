@@ -14,8 +14,8 @@ from mimo_rx import Stream, Workflow
 
 
 class MyStream(Stream):
-    IN = []  # noqa: RUF012 - as in the seed
-    OUT = ["entity"]  # noqa: RUF012
+    IN = []
+    OUT = ["entity"]
 
     def __init__(self):
         super().__init__()
@@ -44,8 +44,8 @@ my_stream = Stream(outs=["entity"], fn=my_stream_fn)
 
 
 class MyAsyncStream(Stream):
-    IN = []  # noqa: RUF012
-    OUT = ["entity"]  # noqa: RUF012
+    IN = []
+    OUT = ["entity"]
 
     async def run(self, ins, outs):
         for item in iter(range(100)):

@@ -15,8 +15,8 @@ from mimo_rx import ConfigError, Stream, StreamError, Workflow
 
 
 class Double(Stream):
-    IN = ["x"]  # noqa: RUF012 - as in the contract
-    OUT = ["y"]  # noqa: RUF012 - as in the contract
+    IN = ["x"]
+    OUT = ["y"]
 
     async def run(self, ins, outs):
         async for item in ins.x:
@@ -126,7 +126,7 @@ def test_a_port_declared_twice_on_one_side_is_a_value_error_naming_it(side):
 
 def test_bad_port_names_in_class_attributes_are_rejected_at_construction():
     class Bad(Stream):
-        IN = ["fine", "not fine"]  # noqa: RUF012 - as in the contract
+        IN = ["fine", "not fine"]
 
     with pytest.raises(ValueError, match="'not fine'"):
         Bad()
@@ -190,7 +190,7 @@ def test_a_stream_without_fn_and_without_inputs_emits_nothing_and_closes():
 
 def test_a_subclass_that_overrides_run_is_not_a_forwarder():
     class Constant(Stream):
-        OUT = ["y"]  # noqa: RUF012 - as in the contract
+        OUT = ["y"]
 
         async def run(self, ins, outs):
             await outs.y.push("k")
@@ -438,8 +438,8 @@ def test_plain_def_sees_the_close_that_happens_while_its_pushes_are_delivered():
 
 def test_plain_def_run_method_on_a_subclass_uses_the_mimo_1_protocol():
     class Numbers(Stream):
-        IN: list[str] = []  # noqa: RUF012 - as in the contract
-        OUT = ["entity"]  # noqa: RUF012 - as in the contract
+        IN: list[str] = []
+        OUT = ["entity"]
 
         def __init__(self):
             super().__init__()
