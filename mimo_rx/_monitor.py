@@ -18,10 +18,17 @@ import asyncio
 import contextvars
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._ports import Input, Output
+    from ._ports import Input
+
+
+class WaitSite(Protocol):
+    """What a parked wait is waiting on: it can say so in a deadlock report."""
+
+    def _describe_wait(self) -> str: ...
+
 
 # The step whose code is running: set in each step's task, inherited by the tasks it spawns.
 current_step: contextvars.ContextVar[StepRuntime | None] = contextvars.ContextVar(
@@ -40,7 +47,7 @@ class StepRuntime:
         self.inputs = inputs
         self.task: asyncio.Task[None] | None = None
         # (what, port, future) of the wait the step's task is suspended in, if any.
-        self.wait: tuple[str, Input[Any] | Output[Any], asyncio.Future[None]] | None = None
+        self.wait: tuple[str, WaitSite, asyncio.Future[None]] | None = None
         # Library work in flight on the step's behalf (Rx timers, executor jobs): while it is
         # positive the step can make progress without help, so it is never deadlocked.
         self.busy = 0
@@ -48,7 +55,7 @@ class StepRuntime:
         self.helpers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.helper_waits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
 
-    def park(self, what: str, port: Input[Any] | Output[Any], future: asyncio.Future[None]) -> bool:
+    def park(self, what: str, port: WaitSite, future: asyncio.Future[None]) -> bool:
         """Record that a task of this step suspends on ``future``; return whether it did.
 
         Call :meth:`unpark` from the same task when the wait ends (if this returned True).

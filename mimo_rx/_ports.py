@@ -31,7 +31,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from reactivex.subject import Subject
 
@@ -299,6 +299,16 @@ class Input(Generic[T]):
         self._open_upstreams = upstreams
         self._closed = upstreams == 0
         self._rt = runtime
+
+
+class AnyInput:
+    """Several inputs waited on together (a step function or an Rx operator stream)."""
+
+    def __init__(self, inputs: list[Input[Any]]) -> None:
+        self.inputs = inputs
+
+    def _describe_wait(self) -> str:
+        return "any of " + ", ".join(port._describe_wait() for port in self.inputs)
 
 
 class _DiscardSink(deque[T]):

@@ -42,7 +42,7 @@ from reactivex.subject import Subject
 
 from ._errors import ConfigError
 from ._monitor import StepRuntime
-from ._ports import POLICIES, Input, Output
+from ._ports import POLICIES, AnyInput, Input, Output
 from ._stream import FusedStageError, Ports, Stream
 
 # How many items a cold observable may run ahead of the loop before its thread is paused.
@@ -670,7 +670,7 @@ class RxStream(Stream):
         # With timers pending the stream can still make progress (runtime.busy > 0): the
         # monitor checks that, so parking here is safe.
         parked = (
-            runtime.park("an Rx operator waiting for input", waiting[0], wake)
+            runtime.park("an Rx operator waiting for input", AnyInput(waiting), wake)
             if runtime is not None and waiting
             else False
         )

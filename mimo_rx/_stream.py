@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from ._errors import ClosedError, ConfigError
-from ._ports import Input, Output, check_buffer_size
+from ._ports import AnyInput, Input, Output, check_buffer_size
 
 
 class Ports:
@@ -395,7 +395,7 @@ async def _wait_for_arrival(inputs: list[Input[Any]], stream: Stream) -> None:
     for port in inputs:
         port._getter = waiter
     runtime = inputs[0]._rt
-    parked = runtime.park("a step function waiting for input", inputs[0], waiter)
+    parked = runtime.park("a step function waiting for input", AnyInput(inputs), waiter)
     try:
         await waiter
     finally:
