@@ -164,15 +164,16 @@ def track_spawned_tasks(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
 class Monitor:
     """Counts live and parked steps of one run and calls ``on_deadlock`` when all are stuck.
 
-    A verdict takes two looks. The first, one loop iteration after the last step parked,
-    finds every live step parked on an unresolved future. The run is then *suspected*, and
-    confirmed only if no step has moved once every timer pending on the loop at that moment
-    has fired, and at least ``GRACE_S`` has passed: a ``pop()`` under ``asyncio.timeout``, a
-    helper task that sleeps before it pushes, or an Rx operator waiting on a thread of its own
-    all get the chance to move things on first.
+    A verdict takes two looks. The first, ``CHECK_DELAY_S`` after a step parked while all
+    others were parked too, finds every live step parked on an unresolved future. The run is
+    then *suspected*, and confirmed only if no step has moved once every timer pending on the
+    loop at that moment has fired, and at least ``GRACE_S`` has passed: a ``pop()`` under
+    ``asyncio.timeout``, a helper task that sleeps before it pushes, or an Rx operator waiting
+    on a thread of its own all get the chance to move things on first.
     """
 
     GRACE_S = 0.1
+    CHECK_DELAY_S = 0.02
 
     def __init__(self, on_deadlock: Callable[[list[str]], None]) -> None:
         self.on_deadlock = on_deadlock
@@ -201,11 +202,12 @@ class Monitor:
             self.schedule_check()
 
     def schedule_check(self) -> None:
-        # Checked one loop iteration later, so that a wake-up already decided (a future whose
-        # result is set but whose task has not resumed yet) is seen as progress.
+        # Looked at a little later, not at once: with small buffers "every step parked" is
+        # true for an instant at nearly every item (a woken task has not resumed yet), and
+        # one look per CHECK_DELAY_S instead of one per item keeps the hot path cheap.
         if not self._check_pending:
             self._check_pending = True
-            asyncio.get_running_loop().call_soon(self._check)
+            asyncio.get_running_loop().call_later(self.CHECK_DELAY_S, self._check)
 
     def recheck(self) -> None:
         """Called when library work on a step's behalf ends (``busy`` dropped to zero)."""

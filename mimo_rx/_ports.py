@@ -195,11 +195,12 @@ class Input(Generic[T]):
                     self._rt.unpark()
                 if primary:
                     self._getter = None
-                    # Whether woken or cancelled, hand over: every other waiter re-checks.
-                    more, self._more_getters = self._more_getters, []
-                    for other in more:
-                        if not other.done():
-                            other.set_result(None)
+                    if self._more_getters:
+                        # Whether woken or cancelled, hand over: every other waiter re-checks.
+                        more, self._more_getters = self._more_getters, []
+                        for other in more:
+                            if not other.done():
+                                other.set_result(None)
                 elif getter in self._more_getters:
                     self._more_getters.remove(getter)
 
