@@ -48,3 +48,17 @@ def test_sensor_alerts_accounts_for_every_reading() -> None:
 def test_every_example_has_a_test() -> None:
     tested = {"quickstart", "merge_join", "sensor_alerts", "scale_out"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
+
+
+def test_scale_out_runs_the_heavy_stage_on_worker_processes_in_input_order() -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "scale_out.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "64/64" in result.stdout
+    assert "in input order" in result.stdout
