@@ -244,6 +244,16 @@ class Input(Generic[T]):
         if getter is not None and not getter.done():
             getter.set_result(None)
 
+    def _deliver_many(self, items: list[T]) -> None:
+        """Buffer several items at once; the caller has checked there is room."""
+        buffered = self._items
+        buffered.extend(items)
+        if len(buffered) > self.peak:
+            self.peak = len(buffered)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
     def _offer(self, item: T, policy: str, source: str) -> None:
         """Deliver from a source that cannot be paused, applying its overflow ``policy``."""
         if len(self._items) < self.threshold or policy == "buffer":
@@ -411,13 +421,7 @@ class Output(Subject[T]):
             start += len(chunk)
             self.pushed += len(chunk)
             for target in targets:
-                buffered = target._items
-                buffered.extend(chunk)
-                if len(buffered) > target.peak:
-                    target.peak = len(buffered)
-                getter = target._getter
-                if getter is not None and not getter.done():
-                    getter.set_result(None)
+                target._deliver_many(chunk)
             if self.observers:
                 for item in chunk:
                     self._notify(item)
