@@ -37,6 +37,7 @@ from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.scheduler import CurrentThreadScheduler
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 from reactivex.subject import Subject
 
@@ -147,6 +148,8 @@ class _Handoff:
         self.stopped = False  # the source task ended: producers must stop
         self.terminated = False  # a terminal signal was received: ignore anything after it
         self.settled = threading.Event()  # subscribe() returned, or its thread is paused
+        self.returned = False  # subscribe() has returned or raised
+        self.late_error: Exception | None = None  # subscribe() raised after completing
 
     def put(self, kind: str, value: Any, block: bool) -> bool:
         """Append an entry (from any thread); block a cold producer while the hand-off is full.
@@ -171,11 +174,33 @@ class _Handoff:
             self._schedule_wake()
             return True
 
-    def flush(self) -> None:
-        """Wake the loop for whatever is waiting in the hand-off (subscribe() returned)."""
+    def subscribe_failed(self, error: Exception) -> None:
+        """subscribe() raised: an error entry, or a late error once the source completed."""
         with self.lock:
-            if self.entries:
-                self._schedule_wake()
+            if self.terminated:
+                self.late_error = error
+                return
+        self.put("error", error, block=False)
+
+    def subscribe_returned(self) -> None:
+        """subscribe() has returned (or raised): wake the loop, which may be waiting for it."""
+        with self.lock:
+            self.returned = True
+            self.settled.set()
+            self._schedule_wake()
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until something is put or subscribe() returns.
+
+        A hot source or a thread makes progress without us, so this wait is never a
+        deadlock candidate (it is not parked).
+        """
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiter = waiter
+        try:
+            await waiter
+        finally:
+            self.waiter = None
 
     def _schedule_wake(self) -> None:
         # Called with the lock held; at most one wake-up is in flight at a time.
@@ -276,12 +301,11 @@ class ObservableSource(Stream):
                     subscription.dispose()
             except _Stop:
                 pass
-            except Exception as exc:  # subscribe() itself failed
-                handoff.put("error", exc, block=False)
+            except Exception as exc:  # subscribe() itself failed (maybe after completing)
+                handoff.subscribe_failed(exc)
             finally:
                 observer.cold_thread = None
-                handoff.flush()
-                handoff.settled.set()
+                handoff.subscribe_returned()
 
         self._thread = threading.Thread(
             target=subscribe, name=f"mimo_rx source {self.name}", daemon=True
@@ -298,14 +322,7 @@ class ObservableSource(Stream):
             while True:
                 batch = handoff.take_all()
                 if not batch:
-                    waiter: asyncio.Future[None] = loop.create_future()
-                    handoff.waiter = waiter
-                    try:
-                        # A hot source or a thread: it makes progress without us, so this
-                        # wait is not a deadlock candidate.
-                        await waiter
-                    finally:
-                        handoff.waiter = None
+                    await handoff.wait(loop)
                     continue
                 for kind, value in batch:
                     if kind == "cold":
@@ -313,6 +330,12 @@ class ObservableSource(Stream):
                     elif kind == "hot":
                         out._push_unpaused(value, self.policy, self.name)
                     elif kind == "completed":
+                        # subscribe() may still fail after completing (its disposal raising):
+                        # that error must not be lost, so wait for it to return.
+                        while not handoff.returned:
+                            await handoff.wait(loop)
+                        if handoff.late_error is not None:
+                            raise handoff.late_error
                         return
                     else:
                         raise value
@@ -329,6 +352,9 @@ class ObservableSource(Stream):
 
 class LoopScheduler(AsyncIOThreadSafeScheduler):
     """Runs Rx time operators on the workflow's loop and counts what they have scheduled.
+
+    Immediate actions scheduled from the loop's thread run synchronously (trampolined), like
+    with Rx's default ``CurrentThreadScheduler``; timed ones go on the loop.
 
     While an operator stream has scheduled work pending it can make progress on its own, so
     the deadlock monitor must not count it as stuck (``StepRuntime.busy``).
@@ -358,6 +384,11 @@ class LoopScheduler(AsyncIOThreadSafeScheduler):
         return finish
 
     def schedule(self, action: Any, state: Any = None) -> rx_abc.DisposableBase:
+        if _on_loop_thread(self._loop):
+            # Immediate work (start_with, merge, concat subscribing their sources) runs at
+            # once on the trampoline, as with Rx's default scheduler: a chain must be fully
+            # subscribed to its input before the stream feeds it, or items would vanish.
+            return CurrentThreadScheduler.singleton().schedule(action, state)
         finish = self._track()
 
         def run(scheduler: Any, st: Any) -> Any:

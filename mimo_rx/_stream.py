@@ -374,8 +374,7 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
         if again:
             for out in outputs:
                 await out._wait_for_room()
-            if not any(out.targets for out in outputs):
-                await asyncio.sleep(0)  # nothing to wait for: still let others run
+            await asyncio.sleep(0)  # there was room at once: still let the others run
             continue
         if not inputs:
             return

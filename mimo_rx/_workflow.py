@@ -103,6 +103,7 @@ class Workflow:
         self._names: set[str] = set()
         self._started = False
         self._run_state = "pending"
+        self._tasks: list[asyncio.Task[None]] = []  # the stream tasks of the run
 
     # -- building ------------------------------------------------------------------------
 
@@ -282,7 +283,11 @@ class Workflow:
                 "Workflow.run() was called while an event loop is running in this thread; "
                 "use 'await workflow.start()' instead"
             )
-        asyncio.run(self.start(progress=progress))
+        runner = asyncio.Runner()  # as asyncio.run, with a bounded close (see _close_runner)
+        try:
+            runner.run(self.start(progress=progress))
+        finally:
+            _close_runner(runner, self)
 
     async def start(self, progress: bool = False) -> None:
         """Run the workflow to the end inside the running event loop.
@@ -435,6 +440,7 @@ class _Run:
             task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
             runtime.task = task
             tasks.append(task)
+        self.workflow._tasks = tasks
         self.workflow._run_state = "running"
         self.monitor.caller = asyncio.current_task()
         if not tasks:
@@ -507,7 +513,11 @@ class _Run:
     async def _shutdown(
         self, tasks: list[asyncio.Task[None]], reason: Exception, state: str
     ) -> None:
-        """Cancel every task still running and wait for all of them, within a grace period."""
+        """Cancel every task still running and wait for all of them, within a grace period.
+
+        Every Rx subscriber gets its terminal signal even when a stream will not stop; then
+        ``WorkflowError`` names the streams still running.
+        """
         self.workflow._run_state = state
         for task in tasks:
             task.cancel()
@@ -517,17 +527,23 @@ class _Run:
         while pending:
             timeout = deadline - self.loop.time()
             if timeout <= 0:
-                stuck = ", ".join(repr(t.get_name().removeprefix("mimo_rx:")) for t in pending)
-                raise WorkflowError(
-                    f"stream(s) {stuck} did not stop within {grace} s of being "
-                    "cancelled; do not swallow asyncio.CancelledError in stream code"
-                ) from reason
+                break
             try:
                 _, pending = await asyncio.wait(pending, timeout=timeout)
             except asyncio.CancelledError:
                 continue  # cancelled again while cleaning up: finish cleaning up first
             for task in pending:
                 task.cancel()
+        _retrieve_exceptions(tasks)
+        self._terminate_subscribers(reason)
+        if pending:
+            stuck = ", ".join(repr(t.get_name().removeprefix("mimo_rx:")) for t in pending)
+            raise WorkflowError(
+                f"stream(s) {stuck} did not stop within {grace} s of being "
+                "cancelled; do not swallow asyncio.CancelledError in stream code"
+            ) from reason
+
+    def _terminate_subscribers(self, reason: Exception) -> None:
         for step in self.workflow.steps:
             if step.status in ("pending", "running"):
                 step.status = "cancelled"
@@ -543,6 +559,34 @@ class _Run:
                     # reactivex's default on_error re-raises what it was given: not news.
                     if exc is not error:
                         self.failures.append(_stream_error(step.name, exc))
+
+
+def _retrieve_exceptions(tasks: list[asyncio.Task[None]]) -> None:
+    """Mark the outcome of finished tasks as seen (no "exception was never retrieved")."""
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+def _close_runner(runner: asyncio.Runner, workflow: Workflow) -> None:
+    """Close ``runner`` like ``asyncio.run`` does, but give up on tasks that will not stop.
+
+    ``asyncio.run`` waits for every task it cancels; a stream that swallows cancellation
+    would then hang ``run()`` although ``start()`` already raised ``WorkflowError``.
+    """
+    loop = runner.get_loop()
+    _retrieve_exceptions(workflow._tasks)
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if pending:
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(pending, timeout=workflow.cancel_timeout))
+        _retrieve_exceptions(workflow._tasks)
+        if any(not t.done() for t in pending):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()  # the stuck tasks are abandoned; WorkflowError named them
+            return
+    runner.close()
 
 
 def _attach_others(error: Exception, others: list[StreamError]) -> None:

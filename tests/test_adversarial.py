@@ -324,11 +324,6 @@ def test_a_source_failing_when_it_is_closed_at_its_end_fails_the_run_with_that_e
     assert is_prefix(sink.items, ITEMS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an exception raised by subscribe() after the observable already completed "
-    "(here by its disposal) is dropped: the run succeeds",
-)
 def test_an_observable_whose_disposal_fails_after_completion_fails_the_run_with_that_error():
     boom = Boom("on dispose")
     wf = Workflow(buffer_size=3)
@@ -578,11 +573,6 @@ def test_a_deadlock_with_a_stream_that_swallows_cancellation_names_it_after_the_
     assert isinstance(info.value.__cause__, DeadlockError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a stream does not stop within cancel_timeout, start() raises "
-    "WorkflowError before any Rx subscriber gets on_error: they are left subscribed",
-)
 def test_subscribers_still_get_a_terminal_signal_when_a_stream_will_not_stop():
     stubborn = Stubborn()
     observers = {"stubborn": RecordingObserver(), "fails": RecordingObserver()}
@@ -602,11 +592,6 @@ def test_subscribers_still_get_a_terminal_signal_when_a_stream_will_not_stop():
         assert obs.completed + len(obs.errors) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Workflow.run() waits for a stream that swallows CancelledError "
-    "(asyncio.run's cleanup cancels and awaits it), so cancel_timeout does not bound it",
-)
 def test_run_blocking_gives_up_on_a_stream_that_swallows_cancellation_after_the_grace():
     hold_s = GRACE_S + SLACK_S + 1  # how long the stream refuses to stop (bounded, for the test)
 
@@ -709,12 +694,6 @@ def test_a_stream_pushing_a_last_item_while_being_cancelled_does_not_hang_the_sh
 # -- a plain-def stream that keeps asking to be called again -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a plain-def stream returning True while its connected outputs have room is "
-    "called again without yielding to the loop: it starves every other stream and even the "
-    "caller's asyncio.timeout (unbounded, the workflow hangs)",
-)
 def test_a_plain_def_stream_that_keeps_asking_to_be_called_again_lets_the_others_run():
     budget = 20_000  # the test's own bound: without it the run would never end
     calls: list[int] = []
@@ -1057,14 +1036,7 @@ def test_a_push_cancelled_in_the_same_tick_room_appears_delivers_once_or_not_at_
 
 # -- Rx chains that subscribe through the scheduler ------------------------------------------------
 
-DEFERRED_SUBSCRIPTION_BUG = (
-    "BUG: an Rx chain that subscribes to its input through the scheduler (start_with, merge, "
-    "concat, reactivex.merge) is fed before that subscription happens: the items are lost, "
-    "counted as taken, and the run succeeds"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=DEFERRED_SUBSCRIPTION_BUG)
 def test_an_operator_start_with_passes_every_item_after_the_first():
     wf = Workflow()
     src = wf.add_stream(source([1, 2, 3]))
@@ -1074,7 +1046,6 @@ def test_an_operator_start_with_passes_every_item_after_the_first():
     assert sink.items == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason=DEFERRED_SUBSCRIPTION_BUG)
 def test_an_rx_stream_merging_inputs_that_already_hold_items_loses_none_of_them():
     wf = Workflow()
     s1 = wf.add_stream(source([1, 2, 3], name="s1"))  # added first: their tasks fill the

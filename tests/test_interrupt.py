@@ -101,15 +101,7 @@ def test_sigint_ends_a_running_workflow_promptly_running_every_finally_block(sce
     "scenario",
     [
         "slow_cleanup",
-        pytest.param(
-            "blocking_cleanup",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a KeyboardInterrupt raised inside a stream while the workflow "
-                "shuts down is never retrieved from its task: asyncio logs 'Task exception "
-                "was never retrieved' on stderr",
-            ),
-        ),
+        "blocking_cleanup",
     ],
 )
 def test_a_second_sigint_interrupts_a_slow_cleanup_without_asyncio_complaints(scenario):
