@@ -60,6 +60,12 @@ class StepRuntime:
 
         Call :meth:`unpark` from the same task when the wait ends (if this returned True).
         """
+        # A producer paused on one of our inputs waits for the low-water mark. Once we stop
+        # reading (in any of our tasks), the mark may never be reached, so let it fill
+        # whatever room there is. This is about wake-ups, not bookkeeping: always done.
+        for inp in self.inputs:
+            if inp._producers and len(inp._items) < inp.threshold:
+                inp._release_producers()
         monitor = self.monitor
         if monitor is None:
             return False
@@ -71,11 +77,6 @@ class StepRuntime:
             return True
         self.wait = (what, port, future)
         monitor.parked += 1
-        # A producer paused on one of our inputs waits for the low-water mark. Once we stop
-        # reading, the mark may never be reached, so let it fill whatever room there is.
-        for inp in self.inputs:
-            if inp._producers and len(inp._items) < inp.threshold:
-                inp._release_producers()
         if monitor.parked >= monitor.live:
             monitor.schedule_check()
         return True

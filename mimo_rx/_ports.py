@@ -95,7 +95,7 @@ class Input(Generic[T]):
         self._finished = False  # the consuming stream returned: arrivals are discarded
         self._getter: asyncio.Future[None] | None = None
         self._more_getters: list[asyncio.Future[None]] = []  # other tasks popping this input
-        self._producers: list[asyncio.Future[None]] = []
+        self._producers: deque[asyncio.Future[None]] = deque()  # paused, first paused first
         self._rt = _IDLE
         self._upstreams: list[Output[T]] = []
         self.taken = 0
@@ -273,8 +273,22 @@ class Input(Generic[T]):
             raise BufferOverflowError(self.stream_name, self.name, self.threshold, source)
 
     def _release_producers(self) -> None:
+        """Wake paused producers, first paused first, as many as there is room for.
+
+        Waking them all would make a wide fan-in thrash: hundreds of producers woken for a
+        few free places, most of them only to pause again.
+        """
         producers = self._producers
-        self._producers = []
+        room = self.threshold - len(self._items)
+        woken = 0
+        while producers and woken < room:
+            fut = producers.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                woken += 1
+
+    def _release_all_producers(self) -> None:
+        producers, self._producers = self._producers, deque()
         for fut in producers:
             if not fut.done():
                 fut.set_result(None)
@@ -296,7 +310,7 @@ class Input(Generic[T]):
         # From now on every arrival is counted and dropped on the floor, with no branch on
         # the producers' fast path: the buffer is replaced by a sink that is always empty.
         self._items = _DiscardSink(self)
-        self._release_producers()
+        self._release_all_producers()
         for upstream in self._upstreams:
             upstream._live_targets -= 1
 

@@ -388,7 +388,12 @@ class LoopScheduler(AsyncIOThreadSafeScheduler):
             # Immediate work (start_with, merge, concat subscribing their sources) runs at
             # once on the trampoline, as with Rx's default scheduler: a chain must be fully
             # subscribed to its input before the stream feeds it, or items would vanish.
-            return CurrentThreadScheduler.singleton().schedule(action, state)
+            # The action gets this scheduler, not the trampoline: what it schedules in turn
+            # with a delay must go on the loop (the trampoline would block the thread).
+            def run_here(_: Any, st: Any) -> Any:
+                return action(self, st)
+
+            return CurrentThreadScheduler.singleton().schedule(run_here, state)
         finish = self._track()
 
         def run(scheduler: Any, st: Any) -> Any:
