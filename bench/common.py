@@ -12,7 +12,7 @@ import importlib.util
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # --- the per-item work, shared by every implementation ------------------------------------
 
@@ -81,6 +81,9 @@ class Acc:
 
 # --- cases -------------------------------------------------------------------------------
 
+Clock = Literal["wall", "cpu"]
+"""Which time the ratios use: elapsed time, or this process's CPU time (robust to other load)."""
+
 Fn = Callable[[int], Any] | Callable[[int], Awaitable[Any]]
 
 
@@ -119,6 +122,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None and self.skipped is None and bool(self.seconds)
+
+    def record(self, wall: float, cpu: float, clock: Clock) -> None:
+        """Keep one timed run; `seconds` gets the time of the chosen clock."""
+        self.seconds.append(wall if clock == "wall" else cpu)
+        self.extra.setdefault("wall", []).append(wall)
+        self.extra.setdefault("cpu", []).append(cpu)
 
 
 class WrongResult(Exception):
@@ -162,7 +171,7 @@ def version_of(module: str) -> str:
     """The installed version of `module`, or a short reason why there is none."""
     try:
         mod = importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         return f"not importable ({type(exc).__name__})"
     ver = getattr(mod, "__version__", None)
     if ver is None:
@@ -170,6 +179,6 @@ def version_of(module: str) -> str:
             from importlib.metadata import version
 
             ver = version(module)
-        except Exception:  # noqa: BLE001
+        except Exception:
             ver = "?"
     return str(ver)

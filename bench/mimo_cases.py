@@ -134,8 +134,9 @@ async def w1_source_streams(n: int) -> tuple[int, int]:
 
 async def w1_operators(n: int) -> tuple[int, int]:
     """Rx operator stages: add_source -> operator(map) -> operator(filter) -> operator(map)."""
-    from mimo_rx import Workflow, operator
     from reactivex import operators as ops
+
+    from mimo_rx import Workflow, operator
 
     acc = Acc()
     wf = Workflow()
@@ -171,8 +172,9 @@ async def w2_streams(n: int) -> tuple[int, int]:
 
 async def w2_operators(n: int) -> tuple[int, int]:
     """add_source broadcast to three operator(ops.map) steps merged into the sink's input."""
-    from mimo_rx import Workflow, operator
     from reactivex import operators as ops
+
+    from mimo_rx import Workflow, operator
 
     acc = Acc()
     wf = Workflow()
