@@ -234,22 +234,20 @@ class Input(Generic[T]):
     def _deliver(self, item: T) -> None:
         """Buffer one item; the caller has checked there is room (or does not need it).
 
-        ``Output.push`` inlines this body on its fast path: keep the two in step.
+        ``Output.push`` inlines this on its fast path: keep the two in step.
         """
-        items = self._items
-        items.append(item)
-        if len(items) > self.peak:
-            self.peak = len(items)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        self._items.append(item)
+        self._arrived()
 
     def _deliver_many(self, items: list[T]) -> None:
         """Buffer several items at once; the caller has checked there is room."""
-        buffered = self._items
-        buffered.extend(items)
-        if len(buffered) > self.peak:
-            self.peak = len(buffered)
+        self._items.extend(items)
+        self._arrived()
+
+    def _arrived(self) -> None:
+        """After items were buffered: track the peak and wake a waiting consumer."""
+        if len(self._items) > self.peak:
+            self.peak = len(self._items)
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
