@@ -193,24 +193,21 @@ class Stream:
         outputs = Ports(list(self._outputs.values()))
         if self._overrides_run() or self.fn is None:
             body: Callable[[Any, Any], Any] = self.run
+            is_async = is_async_callable(type(self).run)
         else:
             fn, state = self.fn, self.state
+            is_async = is_async_callable(fn)
 
             def body(ins: Any, outs: Any) -> Any:
                 return fn(ins, outs, state)
 
-        if self._is_async(body):
+        if is_async:
             await body(inputs, outputs)
         else:
             await drive_step_function(body, self)
 
     def _overrides_run(self) -> bool:
         return type(self).run is not Stream.run
-
-    def _is_async(self, body: Callable[..., Any]) -> bool:
-        if self._overrides_run() or self.fn is None:
-            return is_async_callable(type(self).run)
-        return is_async_callable(self.fn)
 
     def _check_fn_signature(self, fn: Callable[..., Any]) -> None:
         if not callable(fn):

@@ -29,8 +29,6 @@ from ._stream import FusedStageError, Stream, UserStopIteration
 # How long cancelled streams get to finish before the run gives up on them (default).
 CANCEL_TIMEOUT_S = 5.0
 
-STATUSES = ("pending", "running", "done", "failed", "cancelled")
-
 
 @dataclass(frozen=True)
 class Pipe:
@@ -52,8 +50,6 @@ class Step:
         self.name = name
         self.status = "pending"
         self.error: BaseException | None = None
-        # A hot source applies this policy at the inputs it feeds (see _rx.py).
-        self.policy: str | None = None
 
     def pipe(
         self,
