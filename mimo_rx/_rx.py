@@ -44,6 +44,7 @@ from reactivex.subject import Subject
 from ._errors import ConfigError
 from ._monitor import StepRuntime
 from ._ports import POLICIES, AnyInput, Input, Output
+from ._signals import block_signals_in_this_thread
 from ._stream import FusedStageError, Ports, Stream
 
 # How many items a cold observable may run ahead of the loop before its thread is paused.
@@ -290,6 +291,7 @@ class ObservableSource(Stream):
         self._handoff = handoff
 
         def subscribe() -> None:
+            block_signals_in_this_thread()  # Ctrl-C belongs to the loop's thread
             observer.cold_thread = threading.get_ident()
             try:
                 # Any ObservableBase works here (take_until only calls its subscribe()).

@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
+from ._signals import wake_loop_on_signals
 from ._stream import FusedStageError, Stream, UserStopIteration
 
 # How long cancelled streams get to finish before the run gives up on them (default).
@@ -280,10 +281,14 @@ class Workflow:
                 "use 'await workflow.start()' instead"
             )
         runner = asyncio.Runner()  # as asyncio.run, with a bounded close (see _close_runner)
+        unwake = wake_loop_on_signals(runner.get_loop())
         try:
             runner.run(self.start(progress=progress))
         finally:
-            _close_runner(runner, self)
+            try:
+                _close_runner(runner, self)
+            finally:
+                unwake()
 
     async def start(self, progress: bool = False) -> None:
         """Run the workflow to the end inside the running event loop.

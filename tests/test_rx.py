@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import queue
 import selectors
+import signal
 import threading
 import time
 import tracemalloc
@@ -454,6 +455,25 @@ def test_a_huge_cold_observable_is_paused_and_never_drained_into_memory():
     # The source stops once its consumer has finished: its thread ends, nothing more is pulled.
     assert join_new_threads(before) == []
     assert produced <= 3000 + COLD_LEAD_BOUND
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_cold_observable_is_subscribed_on_a_thread_that_leaves_ctrl_c_to_the_loop():
+    # The kernel may deliver SIGINT to any thread that does not block it; Python would then
+    # only flag it, and an idle loop would never run the handler.
+    seen: list[set[int]] = []
+
+    def subscribe(observer: rx_abc.ObserverBase[int], scheduler: Any = None) -> Disposable:
+        seen.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        observer.on_next(1)
+        observer.on_completed()
+        return Disposable()
+
+    wf, sink = pipeline(reactivex.create(subscribe))
+    run_checked(wf)
+    assert sink.items == [1]
+    assert signal.SIGINT in seen[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours untouched
 
 
 def test_reactivex_range_is_paused_while_a_slow_consumer_catches_up():

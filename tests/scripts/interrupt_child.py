@@ -9,6 +9,9 @@ as it runs. Scenarios:
 * ``executor``: a ``map_stream`` with a job running in a thread of the loop's executor.
 * ``cold``: a cold observable whose thread is paused on a full hand-off.
 * ``start``: the user's own ``asyncio.run(main())`` awaiting ``workflow.start()``.
+* ``stray``: as ``paused``, but the child interrupts itself with a SIGINT delivered to a thread
+  other than the main one (the kernel may pick any thread that does not block it), while the
+  loop has nothing scheduled.
 * ``slow_cleanup``: a stream whose ``finally`` awaits something long; ``cleanup`` is printed
   once it waits (a second SIGINT then interrupts it).
 * ``blocking_cleanup``: the same with a ``finally`` that blocks in plain code, where the
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -86,15 +91,27 @@ def watch_until_paused(wf: Workflow, consumer: Stream) -> Any:
                 break
             await asyncio.sleep(0.001)
         say("ready")
+        if consumer.state.get("stray"):
+            interrupt_from_another_thread()
         await asyncio.Event().wait()
 
     return watch
 
 
+def interrupt_from_another_thread() -> None:
+    def deliver() -> None:
+        time.sleep(0.2)  # the loop is idle by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    threading.Thread(target=deliver, daemon=True).start()
+
+
 def build(scenario: str) -> Workflow:
     wf = Workflow(buffer_size=BUFFER)
-    if scenario in ("paused", "start"):
-        consumer = Stream(["x"], fn=guarded("consumer", take_one_then_wait))
+    if scenario in ("paused", "start", "stray"):
+        consumer = Stream(
+            ["x"], fn=guarded("consumer", take_one_then_wait), state={"stray": scenario == "stray"}
+        )
         producer = wf.add_stream(Stream(outs=["y"], fn=guarded("producer", endless)))
         producer.pipe(wf.add_stream(consumer))
         wf.add_stream(Stream(fn=guarded("watcher", watch_until_paused(wf, consumer))))
