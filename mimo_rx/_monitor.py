@@ -39,13 +39,24 @@ current_step: contextvars.ContextVar[StepRuntime | None] = contextvars.ContextVa
 class StepRuntime:
     """The run-time state of one step that its ports report to."""
 
-    __slots__ = ("busy", "helper_waits", "helpers", "inputs", "monitor", "name", "task", "wait")
+    __slots__ = (
+        "busy",
+        "helper_waits",
+        "helpers",
+        "inputs",
+        "loop",
+        "monitor",
+        "name",
+        "task",
+        "wait",
+    )
 
     def __init__(self, name: str, monitor: Monitor | None, inputs: list[Input[Any]]) -> None:
         self.name = name
         self.monitor = monitor
         self.inputs = inputs
         self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the run's loop, once monitored
         # (what, port, future) of the wait the step's task is suspended in, if any.
         self.wait: tuple[str, WaitSite, asyncio.Future[None]] | None = None
         # Library work in flight on the step's behalf (Rx timers, executor jobs): while it is
@@ -55,10 +66,13 @@ class StepRuntime:
         self.helpers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.helper_waits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
 
-    def park(self, what: str, port: WaitSite, future: asyncio.Future[None]) -> bool:
-        """Record that a task of this step suspends on ``future``; return whether it did.
+    def park(
+        self, what: str, port: WaitSite, future: asyncio.Future[None]
+    ) -> asyncio.Task[Any] | None:
+        """Record that a task of this step suspends on ``future``.
 
-        Call :meth:`unpark` from the same task when the wait ends (if this returned True).
+        Returns the task that parked (the step's own or a helper), or ``None`` when the wait
+        is not tracked. Hand it to :meth:`unpark` when the wait ends.
         """
         # A producer paused on one of our inputs waits for the low-water mark. Once we stop
         # reading (in any of our tasks), the mark may never be reached, so let it fill
@@ -68,27 +82,27 @@ class StepRuntime:
                 inp._release_producers()
         monitor = self.monitor
         if monitor is None:
-            return False
-        task = asyncio.current_task()
+            return None
+        task = asyncio.current_task(self.loop)  # passing the loop halves its cost
         if task is not self.task:
             if task is None or task not in self.helpers:
-                return False
+                return None
             self.helper_waits[task] = future
-            return True
+            return task
         self.wait = (what, port, future)
         monitor.parked += 1
         if monitor.parked >= monitor.live:
             monitor.schedule_check()
-        return True
+        return task
 
-    def unpark(self) -> None:
+    def unpark(self, task: asyncio.Task[Any]) -> None:
+        """The wait that :meth:`park` returned ``task`` for has ended."""
         monitor = self.monitor
         if monitor is None:
             return
         monitor.moves += 1
-        task = asyncio.current_task()
         if task is not self.task:
-            self.helper_waits.pop(task, None)  # type: ignore[arg-type]
+            self.helper_waits.pop(task, None)
             return
         self.wait = None
         monitor.parked -= 1
@@ -189,6 +203,7 @@ class Monitor:
 
     def add(self, runtime: StepRuntime) -> None:
         runtime.monitor = self
+        runtime.loop = asyncio.get_running_loop()
         self.runtimes.append(runtime)
         self.live += 1
 

@@ -181,8 +181,10 @@ class Input(Generic[T]):
         while not self._items:
             if self._closed:
                 raise EndOfStream(self.stream_name, self.name)
-            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            primary = self._getter is None or self._getter.done()
+            getter: asyncio.Future[None] = (
+                self._rt.loop or asyncio.get_running_loop()
+            ).create_future()
+            primary = self._getter is None
             if primary:
                 self._getter = getter  # woken by _deliver / _upstream_closed
             else:
@@ -191,10 +193,11 @@ class Input(Generic[T]):
             try:
                 await getter
             finally:
-                if parked:
-                    self._rt.unpark()
+                if parked is not None:
+                    self._rt.unpark(parked)
                 if primary:
-                    self._getter = None
+                    if self._getter is getter:  # not woken (cancelled): forget it
+                        self._getter = None
                     if self._more_getters:
                         # Whether woken or cancelled, hand over: every other waiter re-checks.
                         more, self._more_getters = self._more_getters, []
@@ -248,7 +251,13 @@ class Input(Generic[T]):
         """After items were buffered: track the peak and wake a waiting consumer."""
         if len(self._items) > self.peak:
             self.peak = len(self._items)
+        if self._getter is not None:
+            self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        """Wake the consumer waiting for an item (once; it forgets its future itself)."""
         getter = self._getter
+        self._getter = None
         if getter is not None and not getter.done():
             getter.set_result(None)
 
@@ -295,9 +304,7 @@ class Input(Generic[T]):
         self._open_upstreams -= 1
         if self._open_upstreams <= 0 and not self._closed:
             self._closed = True
-            getter = self._getter
-            if getter is not None and not getter.done():
-                getter.set_result(None)
+            self._wake_getter()
 
     def _finish(self) -> None:
         """The consuming stream is done: discard what is left and never block producers."""
@@ -376,6 +383,7 @@ class Output(Subject[T]):
         self.name = name
         self.stream_name = stream_name
         self.targets: list[Input[T]] = []
+        self._only_target: Input[T] | None = None  # targets[0] when it is the only one
         self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
         self.closed = False
@@ -392,20 +400,33 @@ class Output(Subject[T]):
         """
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
-        targets = self.targets
-        for target in targets:
+        # Input._deliver, inlined: this is the hottest code in mimo_rx. One connected input
+        # (the common case) gets a path without loops.
+        target = self._only_target
+        if target is not None:
             if len(target._items) >= target.threshold:
                 await self._wait_for_room()
-                break
-        self.pushed += 1
-        for target in targets:  # Input._deliver, inlined: this is the hottest loop
-            items = target._items
+            self.pushed += 1
+            items = target._items  # read after the wait: a finished input swaps in a sink
             items.append(item)
             if len(items) > target.peak:
                 target.peak = len(items)
-            getter = target._getter
-            if getter is not None and not getter.done():
-                getter.set_result(None)
+            if target._getter is not None:
+                target._wake_getter()
+        else:
+            targets = self.targets
+            for target in targets:
+                if len(target._items) >= target.threshold:
+                    await self._wait_for_room()
+                    break
+            self.pushed += 1
+            for target in targets:
+                items = target._items
+                items.append(item)
+                if len(items) > target.peak:
+                    target.peak = len(items)
+                if target._getter is not None:
+                    target._wake_getter()
         if self.observers:
             self._notify(item)
         return True
@@ -480,7 +501,7 @@ class Output(Subject[T]):
 
     async def _wait_for_room(self) -> None:
         """Park until every connected input has room (or has finished)."""
-        loop = asyncio.get_running_loop()
+        loop = self._rt.loop or asyncio.get_running_loop()
         while True:
             full = next((t for t in self.targets if not t._has_room()), None)
             if full is None:
@@ -497,8 +518,8 @@ class Output(Subject[T]):
                 await waiter
             finally:
                 full.paused_s += time.perf_counter() - started
-                if parked:
-                    self._rt.unpark()
+                if parked is not None:
+                    self._rt.unpark(parked)
                 if not waiter.done():  # cancelled: do not leave a dead waiter behind
                     full._producers.remove(waiter)
 
@@ -510,6 +531,7 @@ class Output(Subject[T]):
 
     def _connect(self, target: Input[T]) -> None:
         self.targets.append(target)
+        self._only_target = target if len(self.targets) == 1 else None
         self._live_targets += 1
         target._upstreams.append(self)
 

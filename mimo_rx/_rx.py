@@ -710,7 +710,7 @@ class RxStream(Stream):
         parked = (
             runtime.park("an Rx operator waiting for input", AnyInput(waiting), wake)
             if runtime is not None and waiting
-            else False
+            else None
         )
         try:
             await wake
@@ -718,8 +718,8 @@ class RxStream(Stream):
             self._wake = None
             for port in waiting:
                 port._getter = None
-            if parked and runtime is not None:
-                runtime.unpark()
+            if parked is not None and runtime is not None:
+                runtime.unpark(parked)
 
 
 def operator(op: Callable[[Any], Any], name: str | None = None) -> Stream:

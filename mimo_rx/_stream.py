@@ -397,5 +397,5 @@ async def _wait_for_arrival(inputs: list[Input[Any]], stream: Stream) -> None:
     finally:
         for port in inputs:
             port._getter = None
-        if parked:
-            runtime.unpark()
+        if parked is not None:
+            runtime.unpark(parked)
