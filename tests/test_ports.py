@@ -210,6 +210,30 @@ def test_concurrent_pops_on_one_input_all_end_at_end_of_stream():
     assert sorted(item for _, item in got) == list(range(6))
 
 
+def test_a_reader_that_starts_waiting_while_another_is_being_woken_is_woken_too():
+    """Reader A is woken by an item that someone else takes; reader C starts waiting before
+    A resumes. A must not forget C's wait: later items reach both."""
+
+    async def loop_back(ins, outs, state):
+        first = asyncio.ensure_future(ins.x.pop())  # A
+        await yield_to_loop()  # A waits on the empty input
+        second = asyncio.ensure_future(ins.x.pop())  # C: its first step is scheduled now
+        await outs.y.push("one")  # wakes A (its resumption is scheduled after C's start)
+        state["mine"] = await ins.x.pop()  # but "one" is taken here, without suspending
+        await yield_to_loop(3)  # C waits on the empty input; A resumes and waits again
+        await outs.y.push("two")
+        await outs.y.push("three")
+        state["got"] = await asyncio.wait_for(asyncio.gather(first, second), 2)
+
+    stream = Stream(["x"], ["y"], fn=loop_back)
+    wf = Workflow()
+    step = wf.add_stream(stream)
+    step.pipe(step)  # a cycle on purpose: the stream feeds itself
+    run_checked(wf, timeout=5)
+    assert stream.state["mine"] == "one"
+    assert sorted(stream.state["got"]) == ["three", "two"]
+
+
 # -- output ports -----------------------------------------------------------------------------
 
 
