@@ -1217,6 +1217,46 @@ def test_an_operator_that_emits_from_another_thread_delivers_in_order():
     assert sink.items == list(range(200))
 
 
+def test_a_fused_chain_with_a_thread_hop_in_the_middle_keeps_order_and_counts_each_link():
+    # Items leave the middle stage on another thread while the stream may be feeding the
+    # chain on the loop: they must still be handed over to the loop, in order.
+    stages = [
+        operator(ops.map(lambda v: v + 1)),
+        operator(ops.observe_on(NewThreadScheduler())),
+        operator(ops.map(lambda v: v * 2)),
+    ]
+    wf, sink = pipeline(range(3000), *stages, buffer_size=4)
+    run_checked(wf)
+    assert sink.items == [(v + 1) * 2 for v in range(3000)]
+    assert_stats_identity(wf)
+    for name in ("operator-2", "operator-3"):
+        assert input_stats(wf, name, "x")["taken"] == 3000
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    routes=st.lists(st.integers(0, 2), max_size=300),
+    sizes=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),
+)
+def test_rx_stream_outputs_emitted_in_any_interleaving_each_keep_their_order(routes, sizes):
+    """Runs of consecutive items for one output are pushed together; any interleaving of
+    outputs, with any buffer sizes, must reach each output's consumer in emission order."""
+
+    def route(x: Any) -> Any:
+        return tuple(x.pipe(ops.filter(lambda p, k=k: p[1] == k)) for k in range(3))
+
+    wf = Workflow()
+    rx = wf.add_stream(rx_stream(route, ins=["x"], outs=["a", "b", "c"]))
+    wf.add_source(list(enumerate(routes))).pipe(rx, buffer_size=sizes[0])
+    sinks = [Collector(f"sink_{k}") for k in range(3)]
+    for k, (out, sink) in enumerate(zip(["a", "b", "c"], sinks, strict=True)):
+        rx.pipe(wf.add_stream(sink), output=out, buffer_size=sizes[k])
+    run_checked(wf)
+    for k, sink in enumerate(sinks):
+        assert sink.items == [(i, r) for i, r in enumerate(routes) if r == k]
+    assert_stats_identity(wf)
+
+
 def test_operator_of_a_non_callable_is_a_clear_error():
     with pytest.raises(ValueError, match=r"ops\.map"):
         operator(42)  # type: ignore[arg-type]
