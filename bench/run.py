@@ -81,16 +81,43 @@ def run_rss(
 def run_scaling(
     sizes: tuple[int, ...], repeat: int, clock: Clock
 ) -> tuple[list[str], list[report.Verdict]]:
-    """W5: W1 at each size. Small sizes get more runs (they are cheap and noisier)."""
+    """W5: W1 at each size. Small sizes get more runs (they are cheap and noisier).
+
+    Sizes are interleaved round by round, like the cases within a size, and a size with fewer
+    runs has them spread over all rounds: a machine whose speed drifts during the run (a shared
+    VM) then slows every size alike instead of one block.
+    """
     cases = [wl.W1.case(label) for label in wl.W5_CASES]
+    repeats = {size: max(repeat, min(3 * repeat, repeat * max(sizes) // size)) for size in sizes}
     by_size: dict[int, dict[str, Outcome]] = {}
-    repeats: dict[int, int] = {}
-    for size in sizes:
-        repeats[size] = max(repeat, min(3 * repeat, repeat * max(sizes) // size))
-        log(f"W5: N={size:,}, {repeats[size]} runs + 1 warm-up per case ...")
-        by_size[size] = run_cases(
-            cases, size, wl.W1.expected(size), repeats[size], timeout=timeout_for(size), clock=clock
-        )
+    rounds = max(repeats.values())
+    log(f"W5: N={', '.join(f'{s:,}' for s in sizes)} interleaved, up to {rounds} rounds ...")
+    for rnd in range(rounds + 1):  # round 0 is each size's warm-up
+        for size in sizes:
+            # A size with fewer runs gets them spread evenly over the rounds.
+            if rnd and (rnd * repeats[size]) // rounds == ((rnd - 1) * repeats[size]) // rounds:
+                continue
+            shift = rnd % len(cases)
+            got = run_cases(
+                [*cases[shift:], *cases[:shift]],
+                size,
+                wl.W1.expected(size),
+                1,
+                warmup=0,
+                timeout=timeout_for(size),
+                clock=clock,
+            )
+            merged = by_size.setdefault(size, {})
+            for label, outcome in got.items():
+                if label not in merged:
+                    merged[label] = Outcome(label, items=size, skipped=outcome.skipped)
+                into = merged[label]
+                if outcome.error and not into.error:
+                    into.error = outcome.error
+                if rnd > 0 and not into.error:
+                    into.seconds += outcome.seconds
+                    for key, values in outcome.extra.items():
+                        into.extra.setdefault(key, []).extend(values)
     small, large = min(sizes), max(sizes)
     verdicts = [
         report.evaluate(
