@@ -13,7 +13,9 @@ The graph is ``source -> stage -> sink`` and only the stage changes:
   or a Dask ``LocalCluster`` (2 worker processes, 1 thread each) via ``client.get_executor()``;
 * the same executors with *batches*, one job per ``--batch`` items, which divides the per-job
   overhead by the batch size: ``operator(ops.buffer_with_count(50)) ->
-  map_stream(work_batch) -> operator(ops.flat_map(list))``;
+  map_stream(work_batch) -> operator(ops.flat_map(list))``; Dask also with ``--dask-batch``
+  items per job (200): by the README's rule a job should cost ~10x the executor's per-job
+  overhead, which is ~4 ms for a LocalCluster on 2 cores;
 * a ceiling row: ``ProcessPoolExecutor.map(work, chunksize=50)`` alone, no graph. It shows what
   the machine allows at that moment (other load on a shared machine takes cores away): judge
   the other rows against it, not only against 2x.
@@ -222,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3000, help="SHA-256 rounds per item")
     parser.add_argument("--batch", type=int, default=50, help="items per job in batched rows")
+    parser.add_argument(
+        "--dask-batch",
+        type=int,
+        default=200,
+        help="items per job in the batched Dask row (its per-job cost is ~20x a process pool's)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (>= 3)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--overhead-items", type=int, default=2000)
@@ -286,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         cpu += [
             Case(f"Dask LocalCluster ({w} workers)", "dask", concurrency=8 * w),
             Case(f"Dask LocalCluster, batches of {args.batch}", "dask", 2 * w, args.batch),
+            Case(
+                f"Dask LocalCluster, batches of {args.dask_batch}", "dask", 2 * w, args.dask_batch
+            ),
         ]
         cheap.append(Case(f"Dask LocalCluster ({w} workers)", "dask", concurrency=8 * w))
 
