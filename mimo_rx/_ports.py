@@ -184,7 +184,7 @@ class Input(Generic[T]):
             getter: asyncio.Future[None] = (
                 self._rt.loop or asyncio.get_running_loop()
             ).create_future()
-            primary = self._getter is None
+            primary = self._getter is None or self._getter.done()  # done: a stale slot
             if primary:
                 self._getter = getter  # woken by _deliver / _upstream_closed
             else:
@@ -255,7 +255,8 @@ class Input(Generic[T]):
             self._wake_getter()
 
     def _wake_getter(self) -> None:
-        """Wake the consumer waiting for an item (once; it forgets its future itself)."""
+        """Wake the consumer waiting for an item and clear the slot: until it waits again,
+        a push sees ``_getter is None`` and skips this call."""
         getter = self._getter
         self._getter = None
         if getter is not None and not getter.done():
