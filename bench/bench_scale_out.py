@@ -262,16 +262,27 @@ def main(argv: list[str] | None = None) -> None:
     }
     executors["processes"].submit(noop, 0).result()  # fork the workers before Dask's threads
     dask_note = "Dask not measured (--no-dask)"
-    cluster = client = None
+    clusters: list[tuple[Any, Any]] = []
     if not args.no_dask:
         try:
-            cluster, client, startup = start_dask(w)
+            import dask
+            import distributed  # noqa: F401 - load its config before set() below
         except ImportError:
             dask_note = "Dask not installed: pip install mimo_rx[dask]"
         else:
+            cluster, client, startup = start_dask(w)
+            # A second cluster whose workers do not sample their threads' stacks every 10 ms
+            # (distributed.worker.profile): see bench_dask_profiler.py.
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                quiet_cluster, quiet_client, _ = start_dask(w)
+            clusters += [(cluster, client), (quiet_cluster, quiet_client)]
             # pure=False: items are not hashed into task keys (less client work per job).
             executors["dask"] = client.get_executor(pure=False)
-            dask_note = f"Dask LocalCluster start-up (not timed): {startup:.1f} s"
+            executors["dask-quiet"] = quiet_client.get_executor(pure=False)
+            dask_note = (
+                f"Dask LocalCluster start-up (not timed): {startup:.1f} s; two clusters stay up "
+                "for the whole run (default config, and worker profiler off)"
+            )
 
     cpu = [
         Case("serial on the loop", "loop"),
@@ -296,6 +307,12 @@ def main(argv: list[str] | None = None) -> None:
             Case(f"Dask LocalCluster, batches of {args.batch}", "dask", 2 * w, args.batch),
             Case(
                 f"Dask LocalCluster, batches of {args.dask_batch}", "dask", 2 * w, args.dask_batch
+            ),
+            Case(
+                f"Dask LocalCluster, batches of {args.dask_batch}, worker profiler off",
+                "dask-quiet",
+                2 * w,
+                args.dask_batch,
             ),
         ]
         cheap.append(Case(f"Dask LocalCluster ({w} workers)", "dask", concurrency=8 * w))
@@ -339,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ("threads", "processes"):
         executors[name].shutdown()
-    if client is not None:
+    for cluster, client in clusters:
         client.close()
         cluster.close()
 
