@@ -116,6 +116,11 @@ def _three_stage_peak(count: int) -> int:
     wf = Workflow()
     src = wf.add_source(itertools.repeat("item", count), name="items")
     src.pipe(wf.add_stream(operator(ops.map(lambda x: x)))).pipe(wf.add_stream(sink))
+    return _traced_peak(wf, sink, count)
+
+
+def _traced_peak(wf: Workflow, sink: CountingSink, count: int) -> int:
+    """Run ``wf`` under tracemalloc; check ``sink`` saw ``count`` items; return the peak."""
     gc.collect()
     tracemalloc.start()
     try:
@@ -143,15 +148,7 @@ def _async_chain_peak(count: int) -> int:
     wf = Workflow(buffer_size=64)
     src = wf.add_stream(Stream(outs=["y"], fn=numbers))
     src.pipe(wf.add_stream(Stream(["x"], ["y"], fn=_forward))).pipe(wf.add_stream(sink))
-    gc.collect()
-    tracemalloc.start()
-    try:
-        run_checked(wf, timeout=TIMEOUT_S)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert sink.count == count
-    return peak
+    return _traced_peak(wf, sink, count)
 
 
 @pytest.mark.timeout(TIMEOUT_S)
