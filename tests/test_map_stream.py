@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import importlib.util
-import itertools
 import multiprocessing
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from harness import Collector, input_stats, linear, run_checked, source, yield_to_loop
 
 from mimo_rx import ConfigError, DeadlockError, Stream, StreamError, Workflow, map_stream
 
@@ -53,89 +52,6 @@ def nap(x: float) -> float:
 
 def stop_iteration(x: int) -> int:
     return next(iter([]))
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def run_checked(
-    workflow_or_coro: Workflow | Awaitable[Any],
-    timeout: float = 30,
-    workflows: Sequence[Workflow] = (),
-) -> Any:
-    """Run a workflow (or a coroutine) in a fresh loop; then check that nothing was left
-    behind: no pending task, nothing reported to the loop's exception handler, no Rx observer
-    still subscribed. Re-raises what the run raised."""
-    checked = list(workflows)
-    if isinstance(workflow_or_coro, Workflow):
-        checked.append(workflow_or_coro)
-        awaitable: Awaitable[Any] = workflow_or_coro.start()
-    else:
-        awaitable = workflow_or_coro
-    reported: list[dict[str, Any]] = []
-    leftovers: list[asyncio.Task[Any]] = []
-
-    async def main() -> Any:
-        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
-        try:
-            async with asyncio.timeout(timeout):
-                return await awaitable
-        finally:
-            me = asyncio.current_task()
-            leftovers.extend(t for t in asyncio.all_tasks() if t is not me and not t.done())
-
-    try:
-        return asyncio.run(main())
-    finally:
-        gc.collect()  # surfaces "Task exception was never retrieved"
-        assert not leftovers, f"tasks left pending: {leftovers}"
-        assert not reported, f"reported to the loop: {reported}"
-        for wf in checked:
-            for step in wf.steps:
-                for name in step.stream.outs:
-                    assert not step.stream.output(name).observers, (step.name, name)
-
-
-async def yield_to_loop(times: int = 1) -> None:
-    """Let every ready task run a step (an explicit yield, not a timed wait)."""
-    for _ in range(times):
-        await asyncio.sleep(0)
-
-
-def source(items: Iterable[Any]) -> Stream:
-    items = list(items)
-
-    async def push_all(ins: Any, outs: Any, state: Any) -> None:
-        for item in items:
-            await outs.out.push(item)
-
-    return Stream(outs=["out"], fn=push_all, name="source")
-
-
-class Collector(Stream):
-    """A sink (input ``x``) that records every item."""
-
-    IN = ("x",)
-
-    def __init__(self) -> None:
-        super().__init__(name="sink")
-        self.items: list[Any] = []
-
-    async def run(self, ins: Any, outs: Any) -> None:
-        async for item in ins.x:
-            self.items.append(item)
-
-
-def linear(*streams: Stream, buffer_size: int = 1024) -> tuple[Workflow, list[Any]]:
-    workflow = Workflow(buffer_size=buffer_size)
-    steps = [workflow.add_stream(s) for s in streams]
-    for a, b in itertools.pairwise(steps):
-        a.pipe(b)
-    return workflow, steps
-
-
-def input_stats(workflow: Workflow, step: str, port: str) -> dict[str, Any]:
-    return workflow.stats()["streams"][step]["inputs"][port]
 
 
 def run_stage(
@@ -427,7 +343,7 @@ def test_cancelling_the_workflow_cancels_every_async_call_in_flight():
         with pytest.raises(asyncio.CancelledError):
             await run
 
-    run_checked(main(), workflows=[wf])
+    run_checked(main(), timeout=30, workflows=[wf])
     assert sorted(cancelled) == [0, 1, 2]
     assert wf.stats()["streams"]["hang"]["status"] == "cancelled"
 
@@ -604,7 +520,7 @@ def test_cancelling_the_workflow_cancels_jobs_not_yet_started_in_the_pool():
             await run
 
     try:
-        run_checked(main(), workflows=[wf])
+        run_checked(main(), timeout=30, workflows=[wf])
     finally:
         release.set()
         pool.shutdown(wait=True)
@@ -678,6 +594,6 @@ def test_cancelling_the_workflow_leaves_no_task_on_the_dask_cluster(dask_client)
         with pytest.raises(asyncio.CancelledError):
             await run
 
-    run_checked(main(), workflows=[wf])
+    run_checked(main(), timeout=30, workflows=[wf])
     assert executor.submitted == 4
     eventually(lambda: dask_is_idle(dask_client), "the cluster forgets every task")
