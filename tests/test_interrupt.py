@@ -76,26 +76,38 @@ def _wait_for_line(proc: subprocess.Popen[str], wanted: str, timeout: float) -> 
                 return lines
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_sigint_ends_a_running_workflow_promptly_running_every_finally_block(scenario):
-    proc = _start(scenario)
+def _interrupt(proc: subprocess.Popen[str], send: bool = True) -> tuple[str, str, float]:
+    """Send SIGINT (unless the child does it itself) and wait for the child to exit.
+
+    Returns its remaining stdout and its stderr, and the seconds it took; kills it if it hangs.
+    """
     try:
-        before = _wait_for_line(proc, "ready", STARTUP_S)
         interrupted = time.monotonic()
-        if scenario not in SELF_INTERRUPTING:
+        if send:
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=PROMPT_S + 5)
-        elapsed = time.monotonic() - interrupted
+        return out, err, time.monotonic() - interrupted
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
 
-    assert elapsed < PROMPT_S, f"took {elapsed:.1f} s to exit after SIGINT"
+
+def _assert_ended_by_keyboard_interrupt(proc: subprocess.Popen[str], err: str) -> None:
     assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (proc.returncode, err)
     assert err.rstrip().endswith("KeyboardInterrupt"), err
     for complaint in ASYNCIO_COMPLAINTS:
         assert complaint not in err, err
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_sigint_ends_a_running_workflow_promptly_running_every_finally_block(scenario):
+    proc = _start(scenario)
+    before = _wait_for_line(proc, "ready", STARTUP_S)
+    out, err, elapsed = _interrupt(proc, send=scenario not in SELF_INTERRUPTING)
+
+    assert elapsed < PROMPT_S, f"took {elapsed:.1f} s to exit after SIGINT"
+    _assert_ended_by_keyboard_interrupt(proc, err)
     lines = before + out.splitlines()
     ran = [line.removeprefix("finally ") for line in lines if line.startswith("finally ")]
     assert sorted(ran) == sorted(SCENARIOS[scenario]), lines
@@ -111,22 +123,11 @@ def test_sigint_ends_a_running_workflow_promptly_running_every_finally_block(sce
 )
 def test_a_second_sigint_interrupts_a_slow_cleanup_without_asyncio_complaints(scenario):
     proc = _start(scenario)
-    try:
-        _wait_for_line(proc, "ready", STARTUP_S)
-        proc.send_signal(signal.SIGINT)
-        _wait_for_line(proc, "cleanup", PROMPT_S)
-        interrupted = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=PROMPT_S + 5)
-        elapsed = time.monotonic() - interrupted
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    _wait_for_line(proc, "ready", STARTUP_S)  # (it kills the child when it fails)
+    proc.send_signal(signal.SIGINT)
+    _wait_for_line(proc, "cleanup", PROMPT_S)
+    out, err, elapsed = _interrupt(proc)
 
     assert elapsed < PROMPT_S, f"took {elapsed:.1f} s to exit after the second SIGINT"
-    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (proc.returncode, err)
-    assert err.rstrip().endswith("KeyboardInterrupt"), err
-    for complaint in ASYNCIO_COMPLAINTS:
-        assert complaint not in err, err
+    _assert_ended_by_keyboard_interrupt(proc, err)
     assert "finally main" in out.splitlines()
