@@ -175,6 +175,23 @@ def input_stats(workflow: Workflow, step: str, port: str) -> dict[str, Any]:
     return workflow.stats()["streams"][step]["inputs"][port]
 
 
+def copies_received(nodes: Sequence[Any], edges: Sequence[Any]) -> list[dict[int, int]]:
+    """For a DAG listed in topological order: ``result[v][s]`` is how many copies of one item
+    of source ``s`` node ``v`` receives (one per path). Nodes have ``index`` and ``ins``
+    (empty for a source), edges ``source`` and ``target`` indices."""
+    reach: list[dict[int, int]] = []
+    for node in nodes:
+        copies: dict[int, int] = {}
+        if not node.ins:
+            copies[node.index] = 1
+        for e in edges:
+            if e.target == node.index:
+                for s, n in reach[e.source].items():
+                    copies[s] = copies.get(s, 0) + n
+        reach.append(copies)
+    return reach
+
+
 def assert_stats_identity(workflow: Workflow) -> None:
     """received == taken + dropped + discarded + buffered at every input."""
     for step, data in workflow.stats()["streams"].items():

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import reactivex
-from harness import assert_stats_identity, run_checked, yield_to_loop
+from harness import assert_stats_identity, copies_received, run_checked, yield_to_loop
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
@@ -161,16 +161,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 def _limit_items(nodes: list[Node], edges: list[Edge]) -> None:
     """Scale source item counts down so that the total number of deliveries stays small."""
-    reach: list[dict[int, int]] = []  # reach[v][s]: copies of one s-item that v receives
-    for node in nodes:
-        copies: dict[int, int] = {}
-        if not node.ins:
-            copies[node.index] = 1
-        for e in edges:
-            if e.target == node.index:
-                for s, n in reach[e.source].items():
-                    copies[s] = copies.get(s, 0) + n
-        reach.append(copies)
+    reach = copies_received(nodes, edges)
     per_source: dict[int, int] = {}
     for copies in reach:
         for s, n in copies.items():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from harness import assert_stats_identity, run_checked
+from harness import assert_stats_identity, copies_received, run_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,17 +104,7 @@ def graphs(draw: st.DrawFn) -> tuple[int, list[Node], list[Edge]]:
 
 def _limit_items(nodes: list[Node], edges: list[Edge]) -> None:
     """Scale source item counts down so that the total number of deliveries stays small."""
-    # paths[v] = number of distinct paths from any emission point to v's inputs, per source
-    reach: list[dict[int, int]] = []  # reach[v][s] = number of copies of one s-item v receives
-    for node in nodes:
-        copies: dict[int, int] = {}
-        if not node.ins:
-            copies[node.index] = 1
-        for e in edges:
-            if e.target == node.index:
-                for s, n in reach[e.source].items():
-                    copies[s] = copies.get(s, 0) + n
-        reach.append(copies)
+    reach = copies_received(nodes, edges)
     per_source: dict[int, int] = {}
     for v, copies in enumerate(reach):
         fanout = sum(1 for e in edges if e.target == v) or 1
