@@ -22,7 +22,9 @@ Design rules (after trio's channels):
   delivers to all of them without suspending.
 * **Never silently lost.** Every item an input receives is taken, dropped by a policy the user
   chose, discarded because its stream finished, or still buffered:
-  ``received == taken + dropped + discarded + len(buffer)``.
+  ``received == taken + dropped + discarded + len(buffer)``. Each item is counted once on
+  the hot path, where it is pushed (``Output.pushed``); an input derives ``received`` from its
+  upstream outputs' counts and ``taken`` from the rest, so ``pop`` counts nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, Literal, TypeVar
 
+from reactivex import abc as rx_abc
 from reactivex.subject import Subject
 
 from ._errors import BufferOverflowError, ClosedError, ConfigError, EndOfStream, MimoError
@@ -65,10 +68,12 @@ class Input(Generic[T]):
 
     __slots__ = (
         "_closed",
+        "_feeders",
         "_finished",
         "_getter",
         "_items",
         "_low",
+        "_mark",
         "_more_getters",
         "_open_upstreams",
         "_producers",
@@ -80,7 +85,6 @@ class Input(Generic[T]):
         "paused_s",
         "peak",
         "stream_name",
-        "taken",
         "threshold",
     )
 
@@ -97,11 +101,12 @@ class Input(Generic[T]):
         self._more_getters: list[asyncio.Future[None]] = []  # other tasks popping this input
         self._producers: deque[asyncio.Future[None]] = deque()  # paused, first paused first
         self._rt = _IDLE
-        self._upstreams: list[Output[T]] = []
-        self.taken = 0
+        self._upstreams: list[Output[T]] = []  # connected outputs
+        self._feeders: list[Output[T]] = []  # outputs whose ``pushed`` counts our arrivals
         self.dropped = 0
         self.discarded = 0
         self.peak = 0
+        self._mark = 0  # min(peak, threshold): below it, Output.push needs no other check
         self.paused_s = 0.0
 
     # -- consumer side -------------------------------------------------------------------
@@ -116,7 +121,6 @@ class Input(Generic[T]):
         if not items:
             await self._wait_for_item("pop()")
         item = items.popleft()
-        self.taken += 1
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
@@ -142,7 +146,6 @@ class Input(Generic[T]):
             except EndOfStream:
                 raise StopAsyncIteration from None
         item = items.popleft()
-        self.taken += 1
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
@@ -157,8 +160,14 @@ class Input(Generic[T]):
 
     @property
     def received(self) -> int:
-        """Items delivered to this input so far (derived, so the hot path counts one less)."""
-        return self.taken + self.dropped + self.discarded + self.buffered
+        """Items delivered to this input so far: every item its upstream outputs pushed."""
+        return sum(feeder.pushed for feeder in self._feeders)
+
+    @property
+    def taken(self) -> int:
+        """Items the stream took: whatever was received and is not dropped, discarded or
+        still buffered (derived, so that ``pop`` counts nothing)."""
+        return self.received - self.dropped - self.discarded - self.buffered
 
     @property
     def exhausted(self) -> bool:
@@ -211,7 +220,6 @@ class Input(Generic[T]):
         """Take everything buffered at once (Rx operator streams feed their chain in batches)."""
         batch = list(self._items)
         self._items.clear()
-        self.taken += len(batch)
         if self._producers:
             self._release_producers()
         return batch
@@ -219,12 +227,11 @@ class Input(Generic[T]):
     def _give_back(self, items: list[T]) -> None:
         """Return items taken by ``_take_all`` but not consumed, to the front of the buffer."""
         self._items.extendleft(reversed(items))
-        self.taken -= len(items)
+        self._note_peak()
 
     def _take_now(self) -> T:
         """Synchronous pop for the mimo 1.0 protocol (``IndexError`` when empty)."""
         item = self._items.popleft()
-        self.taken += 1
         if self._producers and len(self._items) <= self._low:
             self._release_producers()
         return item
@@ -237,7 +244,7 @@ class Input(Generic[T]):
     def _deliver(self, item: T) -> None:
         """Buffer one item; the caller has checked there is room (or does not need it).
 
-        ``Output.push`` inlines this on its fast path: keep the two in step.
+        ``Output.push`` inlines this: keep the two in step.
         """
         self._items.append(item)
         self._arrived()
@@ -249,10 +256,19 @@ class Input(Generic[T]):
 
     def _arrived(self) -> None:
         """After items were buffered: track the peak and wake a waiting consumer."""
-        if len(self._items) > self.peak:
-            self.peak = len(self._items)
+        size = len(self._items)
+        if size > self.peak:  # inlined _note_peak: a hot source's buffer may grow every item
+            self.peak = size
+            self._mark = size if size < self.threshold else self.threshold
         if self._getter is not None:
             self._wake_getter()
+
+    def _note_peak(self) -> None:
+        """Track the most items buffered at once, and ``Output.push``'s mark below it."""
+        size = len(self._items)
+        if size > self.peak:
+            self.peak = size
+            self._mark = size if size < self.threshold else self.threshold
 
     def _wake_getter(self) -> None:
         """Wake the consumer waiting for an item and clear the slot: until it waits again,
@@ -319,6 +335,7 @@ class Input(Generic[T]):
         self._release_all_producers()
         for upstream in self._upstreams:
             upstream._live_targets -= 1
+            upstream._refresh_fast_path()
 
     def _describe_wait(self) -> str:
         state = "closed" if self._closed else "empty" if not self._items else "has items"
@@ -327,6 +344,7 @@ class Input(Generic[T]):
     def _configure(self, threshold: int, upstreams: int, runtime: StepRuntime) -> None:
         self.threshold = threshold
         self._low = threshold // 2
+        self._mark = min(self.peak, threshold)
         self._open_upstreams = upstreams
         self._closed = upstreams == 0
         self._rt = runtime
@@ -384,7 +402,7 @@ class Output(Subject[T]):
         self.name = name
         self.stream_name = stream_name
         self.targets: list[Input[T]] = []
-        self._only_target: Input[T] | None = None  # targets[0] when it is the only one
+        self._fast_target: Input[T] | None = None  # see _refresh_fast_path
         self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
         self.closed = False
@@ -399,38 +417,50 @@ class Output(Subject[T]):
         Raises:
             ClosedError: the output was closed before.
         """
-        if self.closed:
-            raise ClosedError(self.stream_name, self.name)
-        # Input._deliver, inlined: this is the hottest code in mimo_rx. One connected input
-        # (the common case) gets a path without loops.
-        target = self._only_target
+        # This is the hottest code in mimo_rx. The common case (one connected input with
+        # room, below its peak so far, no Rx subscriber, not closed) takes one comparison;
+        # everything else takes the general path below. See ``_refresh_fast_path``.
+        target = self._fast_target
         if target is not None:
-            if len(target._items) >= target.threshold:
-                await self._wait_for_room()
-            self.pushed += 1
-            items = target._items  # read after the wait: a finished input swaps in a sink
-            items.append(item)
-            if len(items) > target.peak:
-                target.peak = len(items)
-            if target._getter is not None:
-                target._wake_getter()
-        else:
-            targets = self.targets
-            for target in targets:
-                if len(target._items) >= target.threshold:
-                    await self._wait_for_room()
-                    break
-            self.pushed += 1
-            for target in targets:
-                items = target._items
+            items = target._items
+            if len(items) < target._mark:
                 items.append(item)
-                if len(items) > target.peak:
-                    target.peak = len(items)
+                self.pushed += 1
                 if target._getter is not None:
                     target._wake_getter()
+                return True
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        targets = self.targets
+        for target in targets:
+            if len(target._items) >= target.threshold:
+                await self._wait_for_room()
+                break
+        self.pushed += 1
+        for target in targets:  # Input._deliver, inlined (fan-out is hot too)
+            items = target._items
+            items.append(item)
+            if len(items) > target.peak:
+                target._note_peak()
+            if target._getter is not None:
+                target._wake_getter()
         if self.observers:
             self._notify(item)
         return True
+
+    def _refresh_fast_path(self) -> None:
+        """Enable ``push``'s one-comparison path only where it needs to do nothing else:
+        exactly one connected input, whose stream has not finished, no Rx subscriber, and
+        the output still open. Called whenever one of those changes."""
+        fast = len(self.targets) == 1 and not self.closed and not self.observers
+        target = self.targets[0] if fast else None
+        self._fast_target = None if target is None or target._finished else target
+
+    def _subscribe_core(
+        self, observer: rx_abc.ObserverBase[T], scheduler: rx_abc.SchedulerBase | None = None
+    ) -> rx_abc.DisposableBase:
+        self._fast_target = None  # every push must now reach the Rx subscriber too
+        return super()._subscribe_core(observer, scheduler)
 
     def _room_limit(self) -> int:
         """The smallest threshold among the connected inputs (how much one batch may hold)."""
@@ -468,6 +498,7 @@ class Output(Subject[T]):
         if self.closed:
             return
         self.closed = True
+        self._fast_target = None
         for target in self.targets:
             target._upstream_closed()
         Subject.on_completed(self)
@@ -488,6 +519,7 @@ class Output(Subject[T]):
         """Tell Rx subscribers the run ended without closing this output."""
         if not self.closed:
             self.closed = True
+            self._fast_target = None
             Subject.on_error(self, error)
 
     def _push_unpaused(self, item: T, policy: str, source: str) -> None:
@@ -532,9 +564,10 @@ class Output(Subject[T]):
 
     def _connect(self, target: Input[T]) -> None:
         self.targets.append(target)
-        self._only_target = target if len(self.targets) == 1 else None
+        self._refresh_fast_path()
         self._live_targets += 1
         target._upstreams.append(self)
+        target._feeders.append(self)
 
     def _describe_wait(self) -> str:
         full = [

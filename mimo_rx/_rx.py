@@ -476,12 +476,11 @@ class _Link(Observable[Any]):
     """
 
     def __init__(
-        self, source: rx_abc.ObservableBase[Any], out: Output[Any], inp: Input[Any], owner: RxStream
+        self, source: rx_abc.ObservableBase[Any], out: Output[Any], owner: RxStream
     ) -> None:
         super().__init__()
         self.source = source
         self.out = out
-        self.inp = inp
         self.owner = owner
 
     def subscribe(
@@ -514,15 +513,13 @@ class _Counting(rx_abc.ObserverBase[Any]):
         on_completed: Callable[[], None] | None,
     ) -> None:
         self.out = link.out
-        self.inp = link.inp
         self.owner = link.owner
         self.next = on_next or _ignore
         self.error = on_error or _reraise
         self.completed = on_completed or _nothing
 
     def on_next(self, value: Any) -> None:
-        self.out.pushed += 1
-        self.inp.taken += 1
+        self.out.pushed += 1  # the second stage's input counts it as received and taken
         self.next(value)
 
     def on_error(self, error: Exception) -> None:
@@ -696,8 +693,7 @@ class RxStream(Stream):
         stage = self
         for follower in self._followers:  # fused: one chain through every stage
             (out,) = stage._outputs.values()
-            (inp,) = follower._inputs.values()
-            results = follower._results([_Link(results[0], out, inp, self)])
+            results = follower._results([_Link(results[0], out, self)])
             stage = follower
         outputs = list(stage._outputs.values())
         self._open_results = len(results)

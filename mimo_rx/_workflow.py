@@ -418,8 +418,12 @@ class _Run:
                 self.monitor.add(runtime)
                 steps.append((step, runtime))
         for p in wf.pipes:
-            if p.target not in followers:  # a follower's only pipe is its link in the chain
-                p.source.stream._outputs[p.output]._connect(p.target.stream._inputs[p.input])
+            out = p.source.stream._outputs[p.output]
+            inp = p.target.stream._inputs[p.input]
+            if p.target in followers:  # a follower's only pipe is its link in the chain
+                inp._feeders.append(out)  # the link counts the items that pass (_Counting)
+            else:
+                out._connect(inp)
         for head, chain in self.chains.items():
             head.stream._fuse([step.stream for step in chain])
         return steps

@@ -272,6 +272,28 @@ def test_push_after_close_raises_closed_error_naming_stream_and_port():
         raise seen[0]
 
 
+def test_push_after_close_raises_even_when_the_input_has_room_below_its_peak():
+    """A push that would take the fast path (room, below the peak so far) still sees the
+    close: closing turns the fast path off."""
+    seen: list[Any] = []
+
+    async def produce(ins, outs, state):
+        for i in range(3):
+            await outs.y.push(i)
+        await yield_to_loop(5)  # the sink drains: the buffer is empty, its peak is 3
+        outs.y.close()
+        try:
+            await outs.y.push(3)
+        except ClosedError as exc:
+            seen.append(exc)
+
+    sink = Collector()
+    wf, _ = linear(Stream(outs=["y"], fn=produce, name="early"), sink)
+    run_checked(wf)
+    assert sink.items == [0, 1, 2]
+    assert len(seen) == 1
+
+
 def test_push_after_the_run_ended_raises_closed_error():
     producer = source([1], name="done")
     wf, _ = linear(producer, Collector())
@@ -389,6 +411,27 @@ def test_an_output_with_only_an_rx_subscriber_delivers_to_it():
     wf.add_stream(producer)
     run_checked(wf)
     assert seen == ["a", "b"]
+
+
+def test_an_rx_observer_that_subscribes_mid_run_sees_every_later_push():
+    """Subscribing while the stream runs (after pushes already took the fast path to the
+    one connected input) makes every later push reach the observer too."""
+    late = RecordingObserver()
+
+    async def produce(ins, outs, state):
+        for i in range(5):
+            await outs.y.push(i)
+        await yield_to_loop(5)  # the sink drains: the next pushes would take the fast path
+        outs.y.subscribe(late)
+        for i in range(5, 10):
+            await outs.y.push(i)
+
+    sink = Collector()
+    wf, _ = linear(Stream(outs=["y"], fn=produce), sink)
+    run_checked(wf)
+    assert sink.items == list(range(10))
+    assert late.items == list(range(5, 10))
+    assert late.completed == 1
 
 
 def test_rx_subscribers_see_items_in_push_order_while_downstream_applies_back_pressure():
