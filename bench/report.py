@@ -175,18 +175,19 @@ def cost_ratio(by_size: Mapping[int, Outcomes], label: str, small: int, large: i
 def scaling_section(
     labels: Sequence[str],
     by_size: Mapping[int, Outcomes],
-    repeats: Mapping[int, int],
+    repeat: int,
     verdicts: list[Verdict],
 ) -> list[str]:
     """W5: W1 at several sizes; cost per item relative to the smallest size."""
     sizes = sorted(by_size)
     small, large = sizes[0], sizes[-1]
-    runs = ", ".join(f"{repeats[s]} at {size(s)}" for s in sizes)
     lines = [
         "### W5 scaling: W1 at " + ", ".join(f"N = {size(s)}" for s in sizes),
         "",
-        f"cost per item (median seconds / N) relative to N = {size(small)}; runs: {runs}. "
-        "Below 1 means fixed start-up costs amortised; above 1 means per-item cost grows with N. "
+        f"cost per item (median seconds of {repeat} samples / items per sample) relative to "
+        f"N = {size(small)}; every sample covers {size(large)} items: one run of N = "
+        f"{size(large)}, or back-to-back runs of a smaller N. Below 1 means fixed start-up costs "
+        "amortised; above 1 means per-item cost grows with N. "
         f"CPU share {cpu_share(by_size[large])}",
         "",
         "| implementation | "

@@ -100,10 +100,13 @@ def run_cases(
     warmup: int = 1,
     timeout: float = 60.0,
     clock: Clock = "wall",
+    runs_per_sample: int = 1,
 ) -> dict[str, Outcome]:
     """Run each case `warmup + repeat` times, interleaved; keep the timed runs.
 
     `Outcome.seconds` holds the `clock` times (`wall` or `cpu`); both are kept in `extra`.
+    With `runs_per_sample` > 1 each timed sample is that many back-to-back runs, their times
+    summed (W5 uses it so a small size's sample lasts as long as one run of the largest).
     A case that raises, times out or returns a wrong result is run no more: its outcome
     carries the error text instead of times.
     """
@@ -116,9 +119,12 @@ def run_cases(
             out = outcomes[case.label]
             if out.error or out.skipped:
                 continue
+            wall = cpu = 0.0
             try:
-                wall, cpu, result = time_once(case, n, timeout)
-                check(result, expected)
+                for _ in range(runs_per_sample):
+                    run_wall, run_cpu, result = time_once(case, n, timeout)
+                    check(result, expected)
+                    wall, cpu = wall + run_wall, cpu + run_cpu
             except Exception as exc:
                 out.error = describe_error(exc)
                 continue
