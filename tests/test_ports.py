@@ -251,36 +251,17 @@ def test_push_returns_true_once_the_item_is_accepted():
     assert sink.items == list(range(5))
 
 
-def test_push_after_close_raises_closed_error_naming_stream_and_port():
-    seen: list[Any] = []
-
-    async def produce(ins, outs, state):
-        await outs.y.push(1)
-        outs.y.close()
-        try:
-            await outs.y.push(2)
-        except ClosedError as exc:
-            seen.append(exc)
-
-    sink = Collector()
-    wf, _ = linear(Stream(outs=["y"], fn=produce, name="early"), sink)
-    run_checked(wf)
-    assert sink.items == [1]
-    assert len(seen) == 1
-    assert isinstance(seen[0], mimo_rx.MimoError)
-    with pytest.raises(ClosedError, match=r"'y'.*'early'"):
-        raise seen[0]
-
-
-def test_push_after_close_raises_even_when_the_input_has_room_below_its_peak():
-    """A push that would take the fast path (room, below the peak so far) still sees the
-    close: closing turns the fast path off."""
+@pytest.mark.parametrize("drained", [False, True], ids=["buffer-holds-items", "buffer-drained"])
+def test_push_after_close_raises_closed_error_naming_stream_and_port(drained):
+    """Also when the input has room below its peak so far (the push fast path): closing turns
+    that path off."""
     seen: list[Any] = []
 
     async def produce(ins, outs, state):
         for i in range(3):
             await outs.y.push(i)
-        await yield_to_loop(5)  # the sink drains: the buffer is empty, its peak is 3
+        if drained:
+            await yield_to_loop(5)  # the sink drains: the buffer is empty, its peak is 3
         outs.y.close()
         try:
             await outs.y.push(3)
@@ -292,6 +273,9 @@ def test_push_after_close_raises_even_when_the_input_has_room_below_its_peak():
     run_checked(wf)
     assert sink.items == [0, 1, 2]
     assert len(seen) == 1
+    assert isinstance(seen[0], mimo_rx.MimoError)
+    with pytest.raises(ClosedError, match=r"'y'.*'early'"):
+        raise seen[0]
 
 
 def test_push_after_the_run_ended_raises_closed_error():
