@@ -227,7 +227,8 @@ class Input(Generic[T]):
     def _give_back(self, items: list[T]) -> None:
         """Return items taken by ``_take_all`` but not consumed, to the front of the buffer."""
         self._items.extendleft(reversed(items))
-        self._note_peak()
+        if len(self._items) > self.peak:
+            self._note_peak(len(self._items))
 
     def _take_now(self) -> T:
         """Synchronous pop for the mimo 1.0 protocol (``IndexError`` when empty)."""
@@ -257,18 +258,16 @@ class Input(Generic[T]):
     def _arrived(self) -> None:
         """After items were buffered: track the peak and wake a waiting consumer."""
         size = len(self._items)
-        if size > self.peak:  # inlined _note_peak: a hot source's buffer may grow every item
-            self.peak = size
-            self._mark = size if size < self.threshold else self.threshold
+        if size > self.peak:
+            self._note_peak(size)
         if self._getter is not None:
             self._wake_getter()
 
-    def _note_peak(self) -> None:
-        """Track the most items buffered at once, and ``Output.push``'s mark below it."""
-        size = len(self._items)
-        if size > self.peak:
-            self.peak = size
-            self._mark = size if size < self.threshold else self.threshold
+    def _note_peak(self, size: int) -> None:
+        """``size`` items are buffered, more than ever before: the new peak, and the new mark
+        below which ``Output.push`` needs no other check."""
+        self.peak = size
+        self._mark = size if size < self.threshold else self.threshold
 
     def _wake_getter(self) -> None:
         """Wake the consumer waiting for an item and clear the slot: until it waits again,
@@ -441,7 +440,7 @@ class Output(Subject[T]):
             items = target._items
             items.append(item)
             if len(items) > target.peak:
-                target._note_peak()
+                target._note_peak(len(items))
             if target._getter is not None:
                 target._wake_getter()
         if self.observers:
