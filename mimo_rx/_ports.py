@@ -266,6 +266,8 @@ class Input(Generic[T]):
     def _note_peak(self, size: int) -> None:
         """``size`` items are buffered, more than ever before: the new peak, and the new mark
         below which ``Output.push`` needs no other check."""
+        if self._finished:  # the length of a _DiscardSink counts discards, not buffered items
+            return
         self.peak = size
         self._mark = size if size < self.threshold else self.threshold
 

@@ -362,3 +362,28 @@ def test_a_producer_discarding_into_a_finished_consumer_still_lets_the_graph_run
     assert input_stats(wf, "take_one", "x")["discarded"] == 4999
     # at most buffer_size items ahead before yielding: other streams get turns meanwhile
     assert turns["producer_done"] > turns["consumer_done"] + 100, turns
+
+
+def test_items_discarded_by_a_finished_consumer_never_count_as_buffered():
+    """The peak is the most items an input buffered at once: items that arrive after its
+    stream finished are discarded, never buffered, so they do not raise it."""
+    consumer_done = asyncio.Event()
+
+    async def produce(ins, outs, state):
+        await outs.y.push("kept")
+        await consumer_done.wait()
+        for i in range(50):
+            await outs.y.push(i)
+
+    async def take_one(ins, outs, state):
+        await ins.x.pop()
+        consumer_done.set()
+
+    wf = Workflow(buffer_size=100)
+    p = wf.add_stream(Stream(outs=["y"], fn=produce))
+    p.pipe(wf.add_stream(Stream(["x"], fn=take_one)))
+    run_checked(wf)
+    stats = input_stats(wf, "take_one", "x")
+    assert stats["discarded"] == 50
+    assert stats["peak_buffered"] == 1
+    assert_stats_identity(wf)
