@@ -161,7 +161,10 @@ class Input(Generic[T]):
     @property
     def received(self) -> int:
         """Items delivered to this input so far: every item its upstream outputs pushed."""
-        return sum(feeder.pushed for feeder in self._feeders)
+        total = 0
+        for feeder in self._feeders:  # a loop, not sum(genexpr): plain-def steps read it per call
+            total += feeder.pushed
+        return total
 
     @property
     def taken(self) -> int:
@@ -452,7 +455,8 @@ class Output(Subject[T]):
     def _refresh_fast_path(self) -> None:
         """Enable ``push``'s one-comparison path only where it needs to do nothing else:
         exactly one connected input, whose stream has not finished, no Rx subscriber, and
-        the output still open. Called whenever one of those changes."""
+        the output still open. Connecting and a consumer finishing recompute it; closing and
+        subscribing clear ``_fast_target`` themselves (an unsubscribe does not re-enable it)."""
         fast = len(self.targets) == 1 and not self.closed and not self.observers
         target = self.targets[0] if fast else None
         self._fast_target = None if target is None or target._finished else target
