@@ -96,6 +96,7 @@ def run_scaling(
     log(f"W5: N={', '.join(f'{s:,}' for s in sizes)} interleaved, {repeat} rounds ...")
     for rnd in range(repeat + 1):  # round 0 is each size's warm-up
         for size in sizes:
+            runs = largest // size  # back-to-back runs per sample
             shift = rnd % len(cases)
             got = run_cases(
                 [*cases[shift:], *cases[:shift]],
@@ -105,13 +106,12 @@ def run_scaling(
                 warmup=0,
                 timeout=timeout_for(size),
                 clock=clock,
-                runs_per_sample=largest // size,
+                runs_per_sample=runs,
             )
             merged = by_size.setdefault(size, {})
             for label, outcome in got.items():
                 if label not in merged:
-                    items = size * (largest // size)  # per sample
-                    merged[label] = Outcome(label, items=items, skipped=outcome.skipped)
+                    merged[label] = Outcome(label, items=size * runs, skipped=outcome.skipped)
                 into = merged[label]
                 if outcome.error and not into.error:
                     into.error = outcome.error
