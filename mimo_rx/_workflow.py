@@ -213,7 +213,7 @@ class Workflow:
         cannot be paused and applies ``policy`` at each input it feeds when that input is full:
         ``"buffer"``, ``"drop_newest"``, ``"drop_oldest"``, ``"latest"`` or ``"error"``.
         """
-        from ._rx import make_source
+        from ._sources import make_source
 
         return self.add_stream(make_source(source, name=name, policy=policy))
 

@@ -1,0 +1,127 @@
+"""The ordered, thread-safe hand-off from other threads to the workflow's event loop.
+
+Items produced off the loop (a cold observable emitting inside ``subscribe()`` on its worker
+thread, a hot ``Subject`` fed by application threads) travel through one :class:`Handoff`, so
+they reach the loop in the order they were emitted, whatever thread emitted them. A producer
+that may be paused (``block=True``) waits while the hand-off is full: that is how back-pressure
+reaches a foreign thread. The loop side takes everything that arrived in one batch, so the
+loop is woken once per batch, not once per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from typing import Any
+
+# How many items a pausable producer may run ahead of the loop before its thread is paused.
+HANDOFF_ITEMS = 1024
+
+
+class Handoff:
+    """The ordered, thread-safe hand-off from an observable's threads to the loop.
+
+    Entries are ``(kind, value)``: ``"cold"`` items are pushed with back-pressure, ``"hot"``
+    items with the overflow policy, then one terminal ``"completed"`` or ``"error"``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entries: deque[tuple[str, Any]] = deque()
+        self.lock = threading.Condition(threading.Lock())
+        self.waiter: asyncio.Future[None] | None = None  # the source task, waiting for entries
+        self.wake_scheduled = False
+        self.stopped = False  # the source task ended: producers must stop
+        self.terminated = False  # a terminal signal was received: ignore anything after it
+        self.settled = threading.Event()  # subscribe() returned, or its thread is paused
+        self.returned = False  # subscribe() has returned or raised
+        self.late_error: Exception | None = None  # subscribe() raised after completing
+
+    def put(self, kind: str, value: Any, block: bool) -> bool:
+        """Append an entry (from any thread); block a cold producer while the hand-off is full.
+
+        Returns ``False`` when the entry was refused because the source task has stopped.
+        """
+        with self.lock:
+            if self.stopped:
+                return False
+            if self.terminated:
+                return True  # a misbehaving source: nothing after the terminal signal counts
+            if kind in ("completed", "error"):
+                self.terminated = True
+            if block:
+                while len(self.entries) >= HANDOFF_ITEMS and not self.stopped:
+                    self.settled.set()
+                    self.lock.wait()
+                if self.stopped:
+                    return False
+            self.entries.append((kind, value))
+            # One wake-up per batch: the loop takes everything that arrived in the meantime.
+            self._schedule_wake()
+            return True
+
+    def subscribe_failed(self, error: Exception) -> None:
+        """subscribe() raised: an error entry, or a late error once the source completed."""
+        with self.lock:
+            if self.terminated:
+                self.late_error = error
+                return
+        self.put("error", error, block=False)
+
+    def subscribe_returned(self) -> None:
+        """subscribe() has returned (or raised): wake the loop, which may be waiting for it."""
+        with self.lock:
+            self.returned = True
+            self.settled.set()
+            self._schedule_wake()
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until something is put or subscribe() returns.
+
+        A hot source or a thread makes progress without us, so this wait is never a
+        deadlock candidate (it is not parked).
+        """
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiter = waiter
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def _schedule_wake(self) -> None:
+        # Called with the lock held; at most one wake-up is in flight at a time.
+        if self.wake_scheduled:
+            return
+        self.wake_scheduled = True
+        if on_loop_thread(self.loop):
+            self._wake()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take_all(self) -> list[tuple[str, Any]]:
+        with self.lock:
+            batch = list(self.entries)
+            self.entries.clear()
+            self.wake_scheduled = False
+            self.lock.notify_all()
+        return batch
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.lock.notify_all()
+
+
+def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

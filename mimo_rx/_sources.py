@@ -1,0 +1,222 @@
+"""Sources: the steps that feed a workflow from outside it (``Workflow.add_source``).
+
+* **Iterables and async iterables** are pulled only as fast as downstream takes them: true
+  back-pressure.
+* **Observables** are subscribed on a worker thread when ``start()`` begins. ``start()`` waits
+  (up to ``SUBSCRIBE_WAIT_S``) until ``subscribe()`` has returned or the thread is paused on a
+  full hand-off, so a hot part subscribed after a few cold items
+  (``subject.pipe(ops.start_with(...))``) misses nothing emitted once ``start()`` has begun.
+  What the observable emits *on that thread while subscribe() runs* is a cold, synchronous
+  sequence (``reactivex.range``, ``from_iterable``): the worker blocks when the hand-off to the
+  loop is full (:mod:`._handoff`), so the source is truly paused and never drained into
+  memory. Anything emitted later, or from another thread (a ``Subject`` fed by the
+  application, a timer), is hot: it cannot be paused, and each input it feeds applies the
+  source's overflow policy when full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import AsyncIterable, Iterable
+from typing import Any, cast
+
+from reactivex import Observable
+from reactivex import abc as rx_abc
+from reactivex import operators as ops
+from reactivex.subject import Subject
+
+from ._errors import ConfigError
+from ._handoff import Handoff
+from ._ports import POLICIES, Output
+from ._signals import block_signals_in_this_thread
+from ._stream import Ports, Stream
+
+# How long start() may wait (blocking the loop) for an observable's subscribe() to return or
+# pause; only a cold source that is slow to produce (blocking I/O in subscribe) costs this.
+SUBSCRIBE_WAIT_S = 0.1
+
+
+class _Stop(Exception):
+    """Breaks the loop of a cold observable that keeps emitting after it was disposed.
+
+    Raised from ``on_next`` on the observable's own thread; Rx turns it into ``on_error``.
+    """
+
+
+def make_source(source: Any, name: str | None, policy: str) -> Stream:
+    """Wrap ``source`` in a stream with one output ``out`` (see ``Workflow.add_source``)."""
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"policy {policy!r} of source {name or 'source'!r} is unknown; "
+            f"choose one of {', '.join(POLICIES)}"
+        )
+    if isinstance(source, rx_abc.ObservableBase):
+        return ObservableSource(source, name=name or "source", policy=policy)
+    if isinstance(source, AsyncIterable):
+        return AsyncIterableSource(source, name=name or "source")
+    if isinstance(source, Iterable):
+        return IterableSource(source, name=name or "source")
+    raise ConfigError(
+        f"source {name or 'source'!r} must be a reactivex Observable, an iterable or an async "
+        f"iterable, not {type(source).__name__}"
+    )
+
+
+class IterableSource(Stream):
+    """Pulls a plain iterable one item per ``await push``."""
+
+    OUT = ("out",)
+
+    def __init__(self, iterable: Iterable[Any], name: str) -> None:
+        super().__init__(name=name)
+        self.iterable = iterable
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        out: Output[Any] = outs.out
+        iterator = iter(self.iterable)
+        try:
+            while not out.abandoned:  # stop pulling once every consumer has finished
+                # Pull only what the downstream buffers have room for right now: never ahead.
+                batch = list(itertools.islice(iterator, max(out._room(), 1)))
+                if not batch:
+                    return
+                await out._push_many(batch)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator stopped early runs its finally blocks now
+                close()
+
+
+class AsyncIterableSource(Stream):
+    """Pulls an async iterable (or async generator) one item per ``await push``."""
+
+    OUT = ("out",)
+
+    def __init__(self, iterable: AsyncIterable[Any], name: str) -> None:
+        super().__init__(name=name)
+        self.iterable = iterable
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        iterator = aiter(self.iterable)
+        out: Output[Any] = outs.out
+        push = out.push
+        try:
+            async for item in iterator:
+                await push(item)
+                if out.abandoned:
+                    return  # every consumer finished: stop pulling
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class _SourceObserver(rx_abc.ObserverBase[Any]):
+    """Classifies each signal as cold (emitted on our thread during subscribe) or hot."""
+
+    def __init__(self, handoff: Handoff) -> None:
+        self.handoff = handoff
+        self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
+        # Fired (on the emitting thread) once the workflow wants no more: the subscription
+        # is made through take_until(stop), so Rx completes and disposes everything it holds.
+        self.stop: Subject[None] = Subject()
+        self.stop_sent = False
+
+    def _cold(self) -> bool:
+        return threading.get_ident() == self.cold_thread
+
+    def on_next(self, value: Any) -> None:
+        cold = self._cold()
+        if self.handoff.put("cold" if cold else "hot", value, block=cold) or not cold:
+            return
+        if not self.stop_sent:
+            self.stop_sent = True
+            self.stop.on_next(None)
+        else:  # a source that ignores disposal and keeps emitting: break out of its loop
+            raise _Stop
+
+    def on_error(self, error: Exception) -> None:
+        self.handoff.put("error", error, block=False)
+
+    def on_completed(self) -> None:
+        self.handoff.put("completed", None, block=False)
+
+
+class ObservableSource(Stream):
+    """An observable as a source; see the module docstring for how it is paused."""
+
+    OUT = ("out",)
+
+    def __init__(self, observable: rx_abc.ObservableBase[Any], name: str, policy: str) -> None:
+        super().__init__(name=name)
+        self.observable = observable
+        self.policy = policy
+        self._handoff: Handoff | None = None
+        self._subscription: rx_abc.DisposableBase | None = None
+        self._thread: threading.Thread | None = None
+
+    def _on_start(self) -> None:
+        """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
+        handoff = Handoff(asyncio.get_running_loop())
+        observer = _SourceObserver(handoff)
+        self._handoff = handoff
+
+        def subscribe() -> None:
+            block_signals_in_this_thread()  # Ctrl-C belongs to the loop's thread
+            observer.cold_thread = threading.get_ident()
+            try:
+                # Any ObservableBase works here (take_until only calls its subscribe()).
+                source = cast(Observable[Any], self.observable)
+                stoppable = ops.take_until(observer.stop)(source)
+                subscription = stoppable.subscribe(observer)
+                self._subscription = subscription
+                if handoff.stopped:  # stopped while subscribe() ran: release what it holds
+                    subscription.dispose()
+            except _Stop:
+                pass
+            except Exception as exc:  # subscribe() itself failed (maybe after completing)
+                handoff.subscribe_failed(exc)
+            finally:
+                observer.cold_thread = None
+                handoff.subscribe_returned()
+
+        self._thread = threading.Thread(
+            target=subscribe, name=f"mimo_rx source {self.name}", daemon=True
+        )
+        self._thread.start()
+        handoff.settled.wait(SUBSCRIBE_WAIT_S)
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        handoff = self._handoff
+        assert handoff is not None, "the workflow subscribes sources before running them"
+        out: Output[Any] = outs.out
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = handoff.take_all()
+                if not batch:
+                    await handoff.wait(loop)
+                    continue
+                for kind, value in batch:
+                    if kind == "cold":
+                        await out.push(value)
+                    elif kind == "hot":
+                        out._push_unpaused(value, self.policy, self.name)
+                    elif kind == "completed":
+                        # subscribe() may still fail after completing (its disposal raising):
+                        # that error must not be lost, so wait for it to return.
+                        while not handoff.returned:
+                            await handoff.wait(loop)
+                        if handoff.late_error is not None:
+                            raise handoff.late_error
+                        return
+                    else:
+                        raise value
+                if out.abandoned:
+                    return  # every consumer finished: stop the observable
+        finally:
+            handoff.stop()
+            if self._subscription is not None:
+                self._subscription.dispose()
