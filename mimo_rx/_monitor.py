@@ -41,6 +41,7 @@ class StepRuntime:
 
     __slots__ = (
         "busy",
+        "events",
         "helper_waits",
         "helpers",
         "inputs",
@@ -65,6 +66,10 @@ class StepRuntime:
         # Tasks spawned by the step's code, and the mimo_rx futures those are parked on.
         self.helpers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.helper_waits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        # Where this step's transitions go (``workflow.events``): a function taking one event
+        # dict, or ``None`` while nothing is subscribed, so unwatched runs pay one check per
+        # pause, never per item.
+        self.events: Callable[[dict[str, Any]], None] | None = None
 
     def park(
         self, what: str, port: WaitSite, future: asyncio.Future[None]

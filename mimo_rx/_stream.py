@@ -110,6 +110,9 @@ class Stream:
     # Whether a run may fuse this stream with an adjacent fusable one into a single task
     # (no buffer between them); see Workflow's _plan_fusion and RxStream._fuse.
     _fusable: bool = False
+    # Whether application code outside the graph feeds or reads this step (an inlet or an
+    # outlet): it is never deadlocked, and a wait on a port connected to it can always end.
+    _external: bool = False
 
     def __init__(
         self,
@@ -135,6 +138,7 @@ class Stream:
         )
         self._inputs: dict[str, Input[Any]] = {n: Input(n, name) for n in self.ins}
         self._outputs: dict[str, Output[Any]] = {n: Output(n, name) for n in self.outs}
+        self._failures = 0  # failures resumed from (on_error="resume"), for stats()
         if fn is not None and not self._overrides_run():
             self._check_fn_signature(fn)
 

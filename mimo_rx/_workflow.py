@@ -253,6 +253,7 @@ class Workflow:
             stream = step.stream
             streams[step.name] = {
                 "status": step.status,
+                "failures": stream._failures,
                 "inputs": {name: _input_stats(port) for name, port in stream._inputs.items()},
                 "outputs": {
                     name: {"pushed": port.pushed} for name, port in stream._outputs.items()
