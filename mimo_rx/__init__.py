@@ -22,6 +22,7 @@ from ._errors import (
 from ._ports import Input, Output
 from ._rx import operator, rx_stream
 from ._stream import Stream
+from ._supervision import Failure
 from ._workflow import Step, Workflow
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DeadlockError",
     "EndOfStream",
+    "Failure",
     "Input",
     "MimoError",
     "Output",

@@ -36,6 +36,10 @@ Invariants (the stream's own task does every ``pop`` and every ``push``):
 * **Errors keep their type.** An exception raised by ``fn`` (also on a remote worker) ends the
   stream with that exception as soon as it arrives, even with ``ordered=True`` while earlier
   items still run; the workflow raises ``StreamError`` with it as ``__cause__``.
+* **Supervision** (``on_error="resume"``, ``retries``, ``timeout``): a job that raises is
+  retried inside its own task, so it keeps its slot and its place in the order while it backs
+  off; once it has failed for good it becomes a ``Failure`` on ``errors`` instead of ending
+  the stream. Without retries or a timeout a job is exactly the plain call above.
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ from ._errors import ConfigError, EndOfStream
 from ._monitor import StepRuntime
 from ._ports import Input, Output
 from ._stream import Ports, Stream, is_async_callable
+from ._supervision import (
+    ERRORS,
+    Failure,
+    await_thread_future,
+    await_with_timeout,
+    call_in_thread,
+    check_on_error,
+    check_retry_options,
+    report_failure,
+    with_retries,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,6 +80,10 @@ def map_stream(
     ordered: bool = True,
     executor: concurrent.futures.Executor | None = None,
     name: str | None = None,
+    on_error: str = "fail",
+    retries: int = 0,
+    backoff: float = 0.1,
+    timeout: float | None = None,
 ) -> Stream:
     """Return a stream (input ``x``, output ``y``) that pushes ``fn(item)`` for each item.
 
@@ -77,16 +96,29 @@ def map_stream(
             ``ThreadPoolExecutor``, a ``ProcessPoolExecutor`` or a Dask client's
             ``client.get_executor()``. ``None`` uses the event loop's default executor (threads).
         name: the stream's name (default: ``fn.__name__``; ``'map_stream'`` for a lambda).
+        on_error: ``"fail"`` (the default): a call that fails for good fails the run.
+            ``"resume"``: its item is skipped and a ``mimo_rx.Failure`` goes to the extra
+            output ``errors``.
+        retries: how many times a call that raised is tried again before it fails for good.
+        backoff: seconds to wait before the first retry; each further retry waits twice as
+            long as the one before.
+        timeout: seconds each call may take (``None``: no limit). An ``async def fn`` is
+            cancelled; a call on an executor is abandoned (its result dropped). The call
+            then raises ``TimeoutError``, retried and handled like any exception. With
+            ``executor=None`` timed calls run on daemon threads of mimo_rx's own, so an
+            abandoned call never holds up the end of ``run()``.
 
     Returns:
         A ``Stream`` to add to a workflow with ``add_stream``.
 
     Raises:
         ConfigError: ``fn`` is not callable, ``concurrency`` is not an integer >= 1,
-            ``executor`` is not a ``concurrent.futures.Executor``, or an ``executor`` is given
-            for an ``async def fn`` (which always runs on the loop). It is a ``ValueError``.
+            ``executor`` is not a ``concurrent.futures.Executor``, an ``executor`` is given
+            for an ``async def fn`` (which always runs on the loop), ``on_error`` is unknown,
+            ``retries`` is not an integer >= 0, ``backoff`` is negative, or ``timeout`` is
+            not ``None`` or positive. It is a ``ValueError``.
     """
-    return _MapStream(fn, concurrency, ordered, executor, name)
+    return _MapStream(fn, concurrency, ordered, executor, name, on_error, retries, backoff, timeout)
 
 
 def _default_name(fn: object) -> str:
@@ -101,6 +133,7 @@ class _MapStream(Stream):
 
     IN = ("x",)
     OUT = ("y",)
+    _resumes_itself = True  # item by item, in run()
 
     def __init__(
         self,
@@ -109,8 +142,14 @@ class _MapStream(Stream):
         ordered: bool,
         executor: concurrent.futures.Executor | None,
         name: str | None,
+        on_error: str = "fail",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
     ) -> None:
         stream_name = _default_name(fn) if name is None else name
+        check_on_error(on_error, f"map_stream {stream_name!r}")
+        check_retry_options(retries, backoff, timeout, f"map_stream {stream_name!r}")
         if not callable(fn):
             raise ConfigError(f"fn of map_stream {stream_name!r} is not callable: {fn!r}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -132,24 +171,38 @@ class _MapStream(Stream):
                     "tasks on the event loop; executor= is for plain functions: drop it, or "
                     "pass a plain def"
                 )
-        super().__init__(name=stream_name)
+        super().__init__(name=stream_name, on_error=on_error)
         self.func = fn
         self.concurrency = concurrency
         self.ordered = bool(ordered)
         self.executor = executor
         self.fn_is_async = is_async
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.timeout = None if timeout is None else float(timeout)
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         x: Input[Any] = ins.x
         y: Output[Any] = outs.y
         jobs = _Jobs(self, x._rt)
         limit = self.concurrency
+        resume = self._on_error == "resume"
         try:
             while True:
                 # Push what is ready first: a full downstream parks us here, and while we are
                 # parked nothing new is submitted.
                 while (job := jobs.next_ready()) is not None:
-                    await y.push(jobs.result(job))
+                    if not resume:
+                        await y.push(jobs.result(job))
+                        continue
+                    item = job.item
+                    try:
+                        value = jobs.result(job)
+                    except Exception as exc:  # fn failed for good: skip its item
+                        failure = Failure(self._outputs[ERRORS].stream_name, exc, item, "x")
+                        await report_failure(self, failure)
+                        continue
+                    await y.push(value)
                 # Fill the free slots from what is buffered (these pops do not suspend).
                 while jobs.in_flight < limit and len(x):
                     jobs.submit(await x.pop())
@@ -175,11 +228,12 @@ class _Job:
     the task's result on the cluster, alive until the garbage collector runs.
     """
 
-    __slots__ = ("done", "future")
+    __slots__ = ("done", "future", "item")
 
-    def __init__(self, future: _Future) -> None:
+    def __init__(self, future: _Future, item: Any) -> None:
         self.future: _Future | None = future
         self.done = False
+        self.item = item  # for the Failure, should it fail
 
 
 class _Jobs:
@@ -208,7 +262,9 @@ class _Jobs:
     def submit(self, item: Any) -> None:
         stream = self.stream
         future: _Future
-        if stream.fn_is_async:
+        if stream.retries or stream.timeout is not None:
+            future = self.loop.create_task(self._attempts(item), name=f"mimo_rx:{stream.name}:job")
+        elif stream.fn_is_async:
             awaitable = stream.func(item)
             if not asyncio.iscoroutine(awaitable):
                 awaitable = _await(awaitable)
@@ -219,7 +275,7 @@ class _Jobs:
             # Chained by hand rather than with asyncio.wrap_future, which never completes (and
             # so would hang the stream) when fn raises StopIteration.
             future = stream.executor.submit(stream.func, item)
-        job = _Job(future)
+        job = _Job(future, item)
         self.jobs.append(job)
         self.running += 1
         self.runtime.busy += 1
@@ -227,6 +283,35 @@ class _Jobs:
             future.add_done_callback(lambda _: self._from_thread(job))
         else:
             future.add_done_callback(lambda _: self._completed(job))
+
+    async def _attempts(self, item: Any) -> Any:
+        """One job with retries and/or a timeout: every attempt runs inside this task."""
+        stream = self.stream
+        fn, timeout = stream.func, stream.timeout
+        attempt: Callable[[], Awaitable[Any]]
+        if stream.fn_is_async:
+
+            async def attempt() -> Any:
+                return await await_with_timeout(fn(item), timeout)
+
+        elif stream.executor is not None:
+            executor = stream.executor
+
+            def attempt() -> Awaitable[Any]:
+                return await_thread_future(executor.submit(fn, item), timeout)
+
+        elif timeout is None:
+            loop = self.loop
+
+            def attempt() -> Awaitable[Any]:
+                return loop.run_in_executor(None, _call_local, fn, item)
+
+        else:  # never the loop's default executor: run() would wait for abandoned calls
+
+            def attempt() -> Awaitable[Any]:
+                return await_thread_future(call_in_thread(fn, item), timeout)
+
+        return await with_retries(attempt, stream.retries, stream.backoff)
 
     def _from_thread(self, job: _Job) -> None:
         # A job that outlives the run (a thread cannot be interrupted) may finish after the

@@ -47,6 +47,10 @@ DEFAULT_BUFFER_SIZE = 1024
 
 Policy = Literal["buffer", "drop_newest", "drop_oldest", "latest", "error"]
 POLICIES: tuple[str, ...] = ("buffer", "drop_newest", "drop_oldest", "latest", "error")
+# Per-pipe policies: "block" is back-pressure; the others never pause the pushing output.
+# "discard" is internal (an outlet whose body has ended): a full input discards arrivals.
+PIPE_POLICIES: tuple[str, ...] = ("block", *POLICIES)
+_LOSSY_POLICIES: tuple[str, ...] = (*POLICIES, "discard")
 
 # The runtime of ports that are not running in a workflow: nothing is tracked.
 _IDLE = StepRuntime("", None, [])
@@ -284,8 +288,8 @@ class Input(Generic[T]):
 
     def _offer(self, item: T, policy: str, source: str) -> None:
         """Deliver from a source that cannot be paused, applying its overflow ``policy``."""
-        if len(self._items) < self.threshold or policy == "buffer":
-            self._deliver(item)
+        if len(self._items) < self.threshold or policy == "buffer" or self._finished:
+            self._deliver(item)  # a finished input's sink counts it as discarded
             return
         if policy == "drop_newest":
             self.dropped += 1
@@ -297,6 +301,10 @@ class Input(Generic[T]):
             self.dropped += len(self._items)
             self._items.clear()
             self._deliver(item)
+        elif policy == "discard":
+            self.discarded += 1
+        elif policy == "error" and source.startswith("pipe:"):
+            raise _PipeOverflowError(self.stream_name, self.name, self.threshold, source[5:])
         else:
             raise BufferOverflowError(self.stream_name, self.name, self.threshold, source)
 
@@ -354,6 +362,21 @@ class Input(Generic[T]):
         self._rt = runtime
 
 
+class _PipeOverflowError(BufferOverflowError):
+    """A pipe with ``policy="error"`` found its input full (the pushing stream fails)."""
+
+    def __init__(self, stream: str, port: str, threshold: int, producer: str) -> None:
+        self.stream = stream
+        self.port = port
+        self.threshold = threshold
+        MimoError.__init__(
+            self,
+            f"input {port!r} of stream {stream!r} is full ({threshold} items) and the pipe "
+            f"from stream {producer!r} has policy 'error'; raise the input's buffer_size, "
+            'read it faster, or choose another policy ("block", "drop_oldest", ...)',
+        )
+
+
 class AnyInput:
     """Several inputs waited on together (a step function or an Rx operator stream)."""
 
@@ -405,7 +428,10 @@ class Output(Subject[T]):
         super().__init__()
         self.name = name
         self.stream_name = stream_name
-        self.targets: list[Input[T]] = []
+        self.targets: list[Input[T]] = []  # the inputs pushes wait for (policy "block")
+        # Inputs piped with another policy, which a push never waits for; while there is
+        # any, the instance's push methods are the _lossy variants (see _use_lossy_push).
+        self._lossy: list[tuple[Input[T], str]] = []
         self._fast_target: Input[T] | None = None  # see _refresh_fast_path
         self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
@@ -565,14 +591,87 @@ class Output(Subject[T]):
     def abandoned(self) -> bool:
         """True when nothing will ever see another push: every connected input's stream has
         finished and no Rx observer is subscribed. Sources use it to stop pulling early."""
-        return self._live_targets <= 0 and bool(self.targets) and not self.observers
+        return self._live_targets <= 0 and bool(self.targets or self._lossy) and not self.observers
 
-    def _connect(self, target: Input[T]) -> None:
-        self.targets.append(target)
+    def _connect(self, target: Input[T], policy: str = "block") -> None:
+        if policy == "block":
+            self.targets.append(target)
+        else:
+            self._lossy.append((target, policy))
+            self._use_lossy_push()
         self._refresh_fast_path()
         self._live_targets += 1
         target._upstreams.append(self)
         target._feeders.append(self)
+
+    # -- per-pipe policies -----------------------------------------------------------------
+    #
+    # A pipe with a policy other than "block" never pauses this output. Rather than a branch
+    # per item in push() for a feature most graphs do not use, an output that gets such a
+    # pipe swaps its push methods for the variants below on the instance: they deliver to
+    # the blocking targets exactly as before, then offer the item to each lossy input.
+
+    def _use_lossy_push(self) -> None:
+        self.push = self._push_lossy  # type: ignore[method-assign]
+        self._push_many = self._push_many_lossy  # type: ignore[method-assign]
+        self._push_unpaused = self._push_unpaused_lossy  # type: ignore[method-assign]
+        if hasattr(type(self), "push_many"):  # public batches (added beside this work)
+            self.__dict__["push_many"] = self._push_many_public
+
+    def _use_plain_push(self) -> None:
+        for name in ("push", "_push_many", "_push_unpaused", "push_many"):
+            self.__dict__.pop(name, None)
+
+    async def _push_lossy(self, item: T) -> bool:
+        """``push`` of an output with lossy pipes (see :meth:`_use_lossy_push`)."""
+        await Output.push(self, item)  # blocking inputs and Rx subscribers; counts the item
+        self._offer_lossy(item)
+        return True
+
+    async def _push_many_lossy(self, items: list[T]) -> None:
+        """``_push_many`` with lossy pipes: item by item, so a cancelled call has delivered
+        a prefix of the items to every input."""
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        for item in items:
+            await self._push_lossy(item)
+
+    async def _push_many_public(self, items: Iterable[T]) -> bool:
+        await self._push_many_lossy(list(items))
+        return True
+
+    def _push_unpaused_lossy(self, item: T, policy: str, source: str) -> None:
+        """``_push_unpaused`` with lossy pipes: each pipe's own policy applies at its input."""
+        Output._push_unpaused(self, item, policy, source)
+        self._offer_lossy(item)
+
+    def _offer_lossy(self, item: T) -> None:
+        source = "pipe:" + self.stream_name
+        for target, policy in self._lossy:
+            target._offer(item, policy, source)
+
+    def _set_policy(self, target: Input[T], policy: str) -> None:
+        """Switch the connected input ``target`` to ``policy`` during a run.
+
+        Producers parked on it are released: they look again, and no longer wait for it
+        when it is not ``"block"``.
+        """
+        if policy not in PIPE_POLICIES and policy not in _LOSSY_POLICIES:
+            raise ConfigError(f"unknown policy {policy!r} for input {target.name!r}")
+        if target in self.targets:
+            self.targets.remove(target)  # in place: a push suspended meanwhile sees it
+        else:
+            self._lossy = [(t, p) for t, p in self._lossy if t is not target]
+        if policy == "block":
+            self.targets.append(target)
+        else:
+            self._lossy.append((target, policy))
+        if self._lossy:
+            self._use_lossy_push()
+        else:
+            self._use_plain_push()
+        self._refresh_fast_path()
+        target._release_all_producers()
 
     def _describe_wait(self) -> str:
         full = [

@@ -5,6 +5,13 @@ the Rx chain emits with back-pressure. Time-based operators run on the workflow'
 through :class:`~._scheduler.LoopScheduler`, which also tells the deadlock monitor that a
 stream with pending timers can still make progress. Adjacent ``operator()`` stages are fused
 into one chain when a run starts (see ``RxStream._fuse``).
+
+With ``on_error="resume"`` the chain's observers are the ``_Resuming*`` variants: an error
+raised while the stream's task feeds an item is thrown back up the (synchronous) Rx call
+stack as :class:`_StageFailed`, which names the stage and picks up, on its way through each
+link, the value that was passed into that stage. ``_feed`` catches it, gives the items not
+yet fed back to the input, and the chain is subscribed anew. Streams that do not resume use
+the plain observers: not one instruction more per item.
 """
 
 from __future__ import annotations
@@ -24,6 +31,20 @@ from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
 from ._stream import FusedStageError, Ports, Stream
+from ._supervision import ERRORS, Failure, check_on_error, report_failure
+
+_UNSET: Any = object()
+
+
+class _StageFailed(Exception):
+    """An error of a resuming Rx stage, on its way up the Rx call stack to ``_feed``."""
+
+    def __init__(self, stage: RxStream, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.stage = stage
+        self.error = error
+        self.item: Any = _UNSET  # the value passed into the failing stage, once known
+        self.port: str | None = None
 
 
 class _Feed(Observable[Any]):
@@ -81,12 +102,17 @@ class _Link(Observable[Any]):
     """
 
     def __init__(
-        self, source: rx_abc.ObservableBase[Any], out: Output[Any], owner: RxStream
+        self,
+        source: rx_abc.ObservableBase[Any],
+        out: Output[Any],
+        owner: RxStream,
+        stage: RxStream | None = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.out = out
         self.owner = owner
+        self.stage = stage  # the stream whose output this link stands for
 
     def subscribe(
         self,
@@ -103,7 +129,8 @@ class _Link(Observable[Any]):
                 observer.on_error,
                 observer.on_completed,
             )
-        counting = _Counting(self, on_next, on_error, on_completed)
+        kind = _ResumingCounting if self.owner._on_error == "resume" else _Counting
+        counting = kind(self, on_next, on_error, on_completed)
         return self.source.subscribe(counting, scheduler=scheduler)
 
 
@@ -119,6 +146,7 @@ class _Counting(rx_abc.ObserverBase[Any]):
     ) -> None:
         self.out = link.out
         self.owner = link.owner
+        self.stage = link.stage
         self.next = on_next or _ignore
         self.error = on_error or _reraise
         self.completed = on_completed or _nothing
@@ -136,6 +164,28 @@ class _Counting(rx_abc.ObserverBase[Any]):
         self.completed()
 
 
+class _ResumingCounting(_Counting):
+    """A link of a resuming chain: names the stage that failed and the value it was given."""
+
+    def on_next(self, value: Any) -> None:
+        self.out.pushed += 1
+        try:
+            self.next(value)
+        except _StageFailed as failed:
+            if failed.item is _UNSET:  # it failed in the stage this value was passed to
+                failed.item = value
+                failed.port = "x"
+            raise
+
+    def on_error(self, error: Exception) -> None:
+        if not isinstance(error, _StageFailed):
+            assert self.stage is not None
+            error = _StageFailed(self.stage, error)
+        if self.owner._feeding and threading.get_ident() == self.owner._loop_thread:
+            raise error  # back up the call stack to _feed, which knows the item
+        self.error(error)  # a timer or a thread: it reaches the collector as an event
+
+
 def _ignore(value: Any) -> None:
     pass
 
@@ -151,9 +201,10 @@ def _reraise(error: Exception) -> None:
 class _Collector(rx_abc.ObserverBase[Any]):
     """Collects what one result observable emits, and wakes the stream's task."""
 
-    def __init__(self, owner: RxStream, index: int) -> None:
+    def __init__(self, owner: RxStream, index: int, stage: RxStream | None = None) -> None:
         self.owner = owner
         self.index = index
+        self.stage = stage  # the stream whose output this collects (the chain's last)
 
     def on_next(self, value: Any) -> None:
         owner = self.owner
@@ -174,12 +225,29 @@ class _Collector(rx_abc.ObserverBase[Any]):
         self.owner._emit(("completed", self.index, None))
 
 
+class _ResumingCollector(_Collector):
+    """The collector of a resuming chain: its errors are failures to resume from."""
+
+    def on_error(self, error: Exception) -> None:
+        owner = self.owner
+        if not isinstance(error, _StageFailed):
+            assert self.stage is not None
+            error = _StageFailed(self.stage, error)
+        if owner._feeding and threading.get_ident() == owner._loop_thread:
+            raise error  # back up the call stack to _feed, which knows the item
+        owner._emit(("error", self.index, error))
+
+
 class RxStream(Stream):
     """A stream whose inputs are Rx observables and whose outputs follow Rx observables.
 
     ``fn`` gets one observable per input and returns one observable (one output) or a
     tuple/list/dict of them (several outputs). Items emitted are pushed downstream with
     back-pressure; the stream ends when every result observable has completed.
+
+    With ``on_error="resume"`` an error of the chain is a ``Failure`` on ``errors`` and the
+    chain is built and subscribed anew (``fn`` called again); the items not yet fed stay
+    buffered. An error before any item was fed since the last subscription fails the run.
 
     Per round, the stream takes everything buffered at its inputs, feeds it through the Rx
     chain synchronously, and pushes what came out as one batch: one suspension per batch
@@ -192,8 +260,9 @@ class RxStream(Stream):
         ins: Sequence[str],
         outs: Sequence[str],
         name: str,
+        on_error: str = "fail",
     ) -> None:
-        super().__init__(ins=ins, outs=outs, name=name)
+        super().__init__(ins=ins, outs=outs, name=name, on_error=on_error)
         self.rx_fn = fn
         # What the chain emitted and is not pushed yet, in order: ("next", output index, run
         # of items), ("completed", index, None) or ("error", index, exception). Consecutive
@@ -210,6 +279,13 @@ class RxStream(Stream):
         self._failed_stage: str | None = None  # which fused stage an error came from
         self._runtime: StepRuntime | None = None
         self._foreign = False  # the chain has emitted from a thread other than the loop's
+        # Supervision (on_error="resume"): the failure _feed caught, the items fed since the
+        # chain was last subscribed, and the last of them with its input.
+        self._caught: _StageFailed | None = None
+        self._fed = 0
+        self._last_fed: tuple[Any, str | None] = (None, None)
+
+    _resumes_itself = True  # the chain is subscribed anew in run()
 
     def _fuse(self, followers: list[Stream]) -> None:
         self._followers = [f for f in followers if isinstance(f, RxStream)]
@@ -293,25 +369,25 @@ class RxStream(Stream):
         runtime = ports[0]._rt if ports else None
         self._runtime = runtime
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
-        feeds = [_Feed() for _ in inputs]
-        results = self._results(feeds)
-        stage = self
-        for follower in self._followers:  # fused: one chain through every stage
-            (out,) = stage._outputs.values()
-            results = follower._results([_Link(results[0], out, self)])
-            stage = follower
-        outputs = list(stage._outputs.values())
-        self._open_results = len(results)
-        subscriptions = [
-            obs.subscribe(_Collector(self, i), scheduler=scheduler) for i, obs in enumerate(results)
-        ]
+        last = self._followers[-1] if self._followers else self
+        outputs = [last._outputs[name] for name in last.outs]
+        feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
                 fed = self._feed(inputs, feeds)
-                if self._events:
-                    await self._push_run(outputs)
+                if self._caught is not None:  # on_error="resume": the chain broke
+                    failed, self._caught = self._caught, None
+                    await self._resume(failed, outputs)
+                    for subscription in subscriptions:
+                        subscription.dispose()
+                    feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+                elif self._events:
+                    if await self._push_run(outputs):
+                        for subscription in subscriptions:
+                            subscription.dispose()
+                        feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
                 elif self._open_results == 0:
                     return  # every result completed (take(n) and friends): inputs detach
                 elif not fed:
@@ -319,6 +395,44 @@ class RxStream(Stream):
         finally:
             for subscription in subscriptions:
                 subscription.dispose()
+
+    def _subscribe(
+        self,
+        count: int,
+        outputs: list[Output[Any]],
+        scheduler: rx_abc.SchedulerBase | None,
+    ) -> tuple[list[_Feed], list[rx_abc.DisposableBase]]:
+        """Build the chain (``fn`` of every fused stage) on fresh feeds and subscribe it."""
+        feeds = [_Feed() for _ in range(count)]
+        results = self._results(feeds)
+        stage: RxStream = self
+        for follower in self._followers:  # fused: one chain through every stage
+            out = stage._outputs[stage.outs[0]]
+            results = follower._results([_Link(results[0], out, self, stage)])
+            stage = follower
+        resume = self._on_error == "resume"
+        collector = _ResumingCollector if resume else _Collector
+        # Resubscribed after a failure: outputs already complete stay complete.
+        done = {i for kind, i, _ in self._events if kind == "completed"}
+        live = [i for i in range(len(results)) if not outputs[i].closed and i not in done]
+        self._open_results = len(live)
+        self._fed = 0
+        subscriptions = [
+            results[i].subscribe(collector(self, i, stage), scheduler=scheduler) for i in live
+        ]
+        return feeds, subscriptions
+
+    async def _resume(self, failed: _StageFailed, outputs: list[Output[Any]]) -> None:
+        """Report ``failed`` as a Failure, or fail the run if nothing was fed since the
+        chain was last subscribed (it would only fail again)."""
+        if not self._fed:
+            if self._followers:
+                raise FusedStageError(failed.stage._outputs[ERRORS].stream_name, failed.error)
+            raise failed.error
+        item, port = self._last_fed if failed.item is _UNSET else (failed.item, failed.port)
+        stage = failed.stage
+        failure = Failure(stage._outputs[ERRORS].stream_name, failed.error, item, port)
+        await report_failure(stage, failure)
 
     def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
         """Feed everything buffered (and every close) into the chain; return whether any."""
@@ -331,23 +445,41 @@ class RxStream(Stream):
                 if port._items:
                     batch = port._take_all()
                     fed = True
+                    self._fed += len(batch)
+                    self._last_fed = (batch[-1], port.name)
                     # One subscriber (the usual chain): call it directly, not through the feed.
                     observers = feed.observers
                     on_next = observers[0].on_next if len(observers) == 1 else feed.on_next
-                    for position, item in enumerate(batch):
-                        if self._open_results == 0:  # the chain completed: give the rest back
-                            port._give_back(batch[position:])
-                            return True
-                        on_next(item)
+                    position = 0
+                    try:
+                        for position, item in enumerate(batch):
+                            if self._open_results == 0:  # the chain completed: give the rest back
+                                port._give_back(batch[position:])
+                                return True
+                            on_next(item)
+                    except _StageFailed as failed:  # only a resuming chain raises it
+                        port._give_back(batch[position + 1 :])  # not fed: stays buffered
+                        if failed.item is _UNSET:
+                            failed.item, failed.port = batch[position], port.name
+                        self._last_fed = (batch[position], port.name)
+                        self._caught = failed
+                        return True
                 elif port._closed and not feed.done:
-                    feed.on_completed()
+                    try:
+                        feed.on_completed()
+                    except _StageFailed as failed:
+                        self._caught = failed
+                        return True
                     fed = True
         finally:
             self._feeding = False
         return fed
 
-    async def _push_run(self, outputs: list[Output[Any]]) -> None:
-        """Push the next run of results for one output (or act on the next terminal signal)."""
+    async def _push_run(self, outputs: list[Output[Any]]) -> bool:
+        """Push the next run of results for one output (or act on the next terminal signal).
+
+        Returns whether the chain must be subscribed anew (a resuming chain failed).
+        """
         events = self._events
         kind, index, value = events.popleft()
         if kind == "next":
@@ -361,10 +493,14 @@ class RxStream(Stream):
             await out._push_many(value)
         elif kind == "completed":
             outputs[index].close()
+        elif isinstance(value, _StageFailed):  # resuming: raised outside _feed (a timer)
+            await self._resume(value, outputs)
+            return True
         elif self._followers:
             raise FusedStageError(self._failed_stage or outputs[index].stream_name, value)
         else:
             raise value
+        return False
 
     async def _wait(
         self,
@@ -395,18 +531,25 @@ class RxStream(Stream):
                 runtime.unpark(parked)
 
 
-def operator(op: Callable[[Any], Any], name: str | None = None) -> Stream:
+def operator(op: Callable[[Any], Any], name: str | None = None, on_error: str = "fail") -> Stream:
     """A one-input (``x``), one-output (``y``) stream applying the Rx operator ``op``.
 
     Example: ``operator(ops.map(str))``, ``operator(ops.buffer_with_count(10))``,
     ``operator(ops.debounce(0.1))`` (time operators run on the workflow's event loop).
+
+    ``on_error="resume"`` skips the item whose processing raised (a ``mimo_rx.Failure`` on
+    the extra output ``errors``) and subscribes the Rx chain anew: what the operator held
+    (an unfinished ``buffer_with_count`` window) is lost, as with Rx's ``retry``.
     """
     if not callable(op):
         raise ConfigError(
             f"operator {name or 'operator'!r} takes an Rx operator such as ops.map(f), "
             f"not {type(op).__name__}"
         )
-    stream = RxStream(lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator")
+    check_on_error(on_error, f"operator {name or 'operator'!r}")
+    stream = RxStream(
+        lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator", on_error=on_error
+    )
     stream._fusable = True
     return stream
 
@@ -416,15 +559,19 @@ def rx_stream(
     ins: Sequence[str],
     outs: Sequence[str],
     name: str | None = None,
+    on_error: str = "fail",
 ) -> Stream:
     """A stream whose inputs are handed to ``fn`` as Rx observables, in order.
 
     ``fn`` returns one observable, or a tuple/dict of observables for several outputs, e.g.
     ``rx_stream(lambda a, b: reactivex.zip(a, b), ins=['a', 'b'], outs=['pair'])``.
+
+    ``on_error="resume"``: after an error the observables are rebuilt (``fn`` is called
+    again) and the items not yet fed stay buffered; each failure goes to ``errors``.
     """
     if not callable(fn):
         raise ConfigError(f"rx_stream takes a function of observables, not {type(fn).__name__}")
     if name is None:
         fn_name = getattr(fn, "__name__", "rx_stream")
         name = "rx_stream" if fn_name == "<lambda>" else fn_name
-    return RxStream(fn, ins=ins, outs=outs, name=name)
+    return RxStream(fn, ins=ins, outs=outs, name=name, on_error=on_error)

@@ -23,6 +23,15 @@ from typing import Any, ClassVar
 
 from ._errors import ClosedError, ConfigError
 from ._ports import AnyInput, Input, Output, check_buffer_size
+from ._supervision import (
+    ERRORS,
+    Failure,
+    Tracker,
+    check_on_error,
+    report_failure,
+    run_resuming,
+    tracked_sync_input_class,
+)
 
 
 class Ports:
@@ -98,10 +107,16 @@ class Stream:
         name: the stream's name (default: ``fn.__name__``, else the class name).
         state: handed to ``fn`` as its third argument (default: a fresh ``dict``).
         buffer_size: threshold of this stream's inputs (default: the workflow's).
+        on_error: ``"fail"`` (the default): an exception fails the run. ``"resume"``: the
+            body is called again with the same ports (buffered items, ``state`` and the
+            object kept), and the failure goes to the extra output ``errors`` as a
+            ``mimo_rx.Failure``; a body that raises before taking any item since it was
+            last called fails the run all the same.
 
     Raises:
         ConfigError: a port name is not a unique valid identifier, ``buffer_size`` is below 1,
-            or ``fn`` cannot be called as ``fn(ins, outs, state)``. It is a ``ValueError``.
+            ``fn`` cannot be called as ``fn(ins, outs, state)``, ``on_error`` is unknown, or a
+            resuming stream declares an output named ``errors``. It is a ``ValueError``.
     """
 
     IN: ClassVar[Sequence[str]] = ()
@@ -113,6 +128,9 @@ class Stream:
     # Whether application code outside the graph feeds or reads this step (an inlet or an
     # outlet): it is never deadlocked, and a wait on a port connected to it can always end.
     _external: bool = False
+    # Whether the stream's own run() resumes item by item (map_stream, Rx streams) rather
+    # than being called again by _execute.
+    _resumes_itself: bool = False
 
     def __init__(
         self,
@@ -122,6 +140,7 @@ class Stream:
         name: str | None = None,
         state: Any = None,
         buffer_size: int | None = None,
+        on_error: str = "fail",
     ) -> None:
         if name is None:
             fn_name = getattr(fn, "__name__", None)
@@ -139,6 +158,16 @@ class Stream:
         self._inputs: dict[str, Input[Any]] = {n: Input(n, name) for n in self.ins}
         self._outputs: dict[str, Output[Any]] = {n: Output(n, name) for n in self.outs}
         self._failures = 0  # failures resumed from (on_error="resume"), for stats()
+        self._on_error = check_on_error(on_error, f"stream {name!r}")
+        if on_error == "resume":
+            if ERRORS in self.outs:
+                raise ConfigError(
+                    f"stream {name!r} resumes after errors (on_error='resume'), so it has an "
+                    f"output named {ERRORS!r} that carries its failures; rename its own "
+                    f"{ERRORS!r} output"
+                )
+            # Not in self.outs: pipe's automatic rules never pick it, the body never sees it.
+            self._outputs[ERRORS] = Output(ERRORS, name)
         if fn is not None and not self._overrides_run():
             self._check_fn_signature(fn)
 
@@ -153,8 +182,16 @@ class Stream:
                 f"stream {self.name!r} has no input {name!r}; its inputs are {self.ins}"
             ) from None
 
+    @property
+    def on_error(self) -> str:
+        """``"fail"`` or ``"resume"``: what an exception raised by the stream's code does."""
+        return self._on_error
+
     def output(self, name: str) -> Output[Any]:
-        """The output port called ``name`` (raises ``ConfigError`` naming the known ones)."""
+        """The output port called ``name`` (raises ``ConfigError`` naming the known ones).
+
+        A resuming stream also has ``output("errors")``, which carries its failures.
+        """
         try:
             return self._outputs[name]
         except KeyError:
@@ -193,8 +230,8 @@ class Stream:
 
     async def _execute(self) -> None:
         """Run the stream's body to completion (called by the workflow in the step's task)."""
-        inputs = Ports(list(self._inputs.values()))
-        outputs = Ports(list(self._outputs.values()))
+        outputs = Ports([self._outputs[name] for name in self.outs])  # not ``errors``
+        resume = self._on_error == "resume" and not self._resumes_itself
         if self._overrides_run() or self.fn is None:
             body: Callable[[Any, Any], Any] = self.run
             is_async = is_async_callable(type(self).run)
@@ -205,10 +242,12 @@ class Stream:
             def body(ins: Any, outs: Any) -> Any:
                 return fn(ins, outs, state)
 
-        if is_async:
-            await body(inputs, outputs)
+        if not is_async:
+            await drive_step_function(body, self, resume)
+        elif resume:
+            await run_resuming(self, body, list(self._inputs.values()), outputs)
         else:
-            await drive_step_function(body, self)
+            await body(Ports(list(self._inputs.values())), outputs)
 
     def _overrides_run(self) -> bool:
         return type(self).run is not Stream.run
@@ -336,7 +375,9 @@ class SyncOutput:
             port.close()
 
 
-async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -> None:
+async def drive_step_function(
+    step: Callable[[Any, Any], Any], stream: Stream, resume: bool = False
+) -> None:
     """Run a mimo 1.0 step function until it is done.
 
     * It returns true: call it again once every input its outputs feed is below threshold.
@@ -344,10 +385,18 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
     * Once every input has closed, it is called until it returns false with nothing left
       buffered (or without taking anything: then the leftovers are discarded and counted).
     * With no inputs, it is done the first time it returns false.
+    * ``resume`` (``on_error="resume"``): a call that raises after taking an item is a
+      failure reported on ``errors``; what it pushed is delivered and it is called again.
+      A call that raises without taking anything fails the run.
     """
     inputs = list(stream._inputs.values())
-    outputs = list(stream._outputs.values())
-    ins = Ports([SyncInput(p) for p in inputs])
+    outputs = [stream._outputs[name] for name in stream.outs]
+    tracker = Tracker()
+    if resume:
+        view_class = tracked_sync_input_class()
+        ins = Ports([view_class(p, tracker) for p in inputs])
+    else:
+        ins = Ports([SyncInput(p) for p in inputs])
     outs_views = [SyncOutput(p) for p in outputs]
     outs = Ports(outs_views)
 
@@ -359,8 +408,16 @@ async def drive_step_function(step: Callable[[Any, Any], Any], stream: Stream) -
         taken_before = sum(p.taken for p in inputs)
         try:
             again = step(ins, outs)
-        except StopIteration as exc:  # would become RuntimeError inside this coroutine
-            raise UserStopIteration(exc) from exc
+        except Exception as exc:
+            if not resume or sum(p.taken for p in inputs) == taken_before:
+                if isinstance(exc, StopIteration):  # would become RuntimeError in here
+                    raise UserStopIteration(exc) from exc
+                raise
+            for view in outs_views:  # what it pushed before raising is delivered
+                await view._flush()
+            failure = Failure(stream._outputs[ERRORS].stream_name, exc, tracker.item, tracker.port)
+            await report_failure(stream, failure)
+            continue
         if inspect.isawaitable(again):
             if inspect.iscoroutine(again):
                 again.close()  # never awaited: no "coroutine was never awaited" warning

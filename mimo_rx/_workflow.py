@@ -23,7 +23,7 @@ from ._errors import (
     WorkflowError,
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
-from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
+from ._ports import DEFAULT_BUFFER_SIZE, PIPE_POLICIES, Input, check_buffer_size
 from ._signals import wake_loop_on_signals
 from ._stream import FusedStageError, Stream, UserStopIteration
 
@@ -40,6 +40,7 @@ class Pipe:
     target: Step
     input: str
     buffer_size: int | None
+    policy: str = "block"  # what a full input does to this pipe's pushes (see Step.pipe)
 
 
 class Step:
@@ -58,19 +59,28 @@ class Step:
         output: str | None = None,
         input: str | None = None,
         buffer_size: int | None = None,
+        policy: str = "block",
     ) -> Step:
         """Connect an output of this step to an input of ``other``; return ``other``.
 
         Ports are chosen by the first rule that applies (a named side is kept, the other side
         is resolved by the same rules): explicit names; outputs whose name equals an input of
         ``other``; the only output to the only unconnected input; the only output to the only
-        input (a merge).
+        input (a merge). The ``errors`` output of a resuming stream is only ever piped by
+        name (``output="errors"``).
+
+        ``policy`` is what a full input does to this pipe alone: ``"block"`` (the default)
+        pauses the pushing stream (back-pressure); ``"buffer"``, ``"drop_newest"``,
+        ``"drop_oldest"``, ``"latest"`` and ``"error"`` never pause it and decide as for a
+        hot source (drops are counted in the input's ``dropped``), so a slow branch of a
+        broadcast cannot stall the others.
 
         Raises:
             PipeError: the ports are unknown or ambiguous, ``other`` belongs to another
                 workflow, or the same output is already piped to the same input.
+            ConfigError: ``policy`` is unknown.
         """
-        return self.workflow._pipe(self, other, output, input, buffer_size)
+        return self.workflow._pipe(self, other, output, input, buffer_size, policy)
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r} {self.status}>"
@@ -143,7 +153,14 @@ class Workflow:
         output: str | None,
         input: str | None,
         buffer_size: int | None,
+        policy: str = "block",
     ) -> Step:
+        if policy not in PIPE_POLICIES:
+            raise ConfigError(
+                f"policy {policy!r} of the pipe {source.name!r} -> "
+                f"{getattr(target, 'name', target)!r} is unknown; choose one of "
+                + ", ".join(repr(p) for p in PIPE_POLICIES)
+            )
         if not isinstance(target, Step):
             raise PipeError(
                 f"pipe() from step {source.name!r} takes a step returned by add_stream() "
@@ -167,7 +184,7 @@ class Workflow:
                     f"{inp!r} of stream {target.name!r}; each connection is made once"
                 )
         for out, inp in pairs:
-            self.pipes.append(Pipe(source, out, target, inp, buffer_size))
+            self.pipes.append(Pipe(source, out, target, inp, buffer_size, policy))
         return target
 
     def _resolve_ports(
@@ -175,7 +192,9 @@ class Workflow:
     ) -> list[tuple[str, str]]:
         outs = source.stream.outs
         ins = target.stream.ins
-        if output is not None and output not in outs:
+        # A resuming stream's ``errors`` output is not in ``outs``: only piped by name.
+        hidden = output is not None and output not in outs and output in source.stream._outputs
+        if output is not None and output not in outs and not hidden:
             raise PipeError(
                 f"stream {source.name!r} has no output {output!r}; its outputs are {outs}"
             )
@@ -240,6 +259,8 @@ class Workflow:
             lines.append(f"  {step.name:<{width}}  ins: {ins:<12} outs: {outs}")
         for p in self.pipes:
             size = f"  (buffer {p.buffer_size})" if p.buffer_size else ""
+            if p.policy != "block":
+                size += f"  (policy {p.policy})"
             lines.append(f"  {p.source.name}.{p.output} -> {p.target.name}.{p.input}{size}")
         return "\n".join(lines)
 
@@ -376,12 +397,17 @@ class _Run:
             stream = step.stream
             if not stream._fusable or len(stream.outs) != 1:
                 return None
-            out_pipes = [p for p in pipes if p.source is step]
+            # The ``errors`` pipes of a resuming stage do not stand in the way of fusing.
+            out_pipes = [p for p in pipes if p.source is step and p.output in stream.outs]
             if len(out_pipes) != 1:
                 return None
             pipe = out_pipes[0]
             nxt = pipe.target
             if nxt is step or not nxt.stream._fusable or len(nxt.stream.ins) != 1:
+                return None
+            if nxt.stream._on_error != stream._on_error:  # one chain resumes as one
+                return None
+            if pipe.policy != "block":
                 return None
             if sum(1 for p in pipes if p.target is nxt) != 1:
                 return None
@@ -424,7 +450,7 @@ class _Run:
             if p.target in followers:  # a follower's only pipe is its link in the chain
                 inp._feeders.append(out)  # the link counts the items that pass (_Counting)
             else:
-                out._connect(inp)
+                out._connect(inp, p.policy)
         for head, chain in self.chains.items():
             head.stream._fuse([step.stream for step in chain])
         return steps
