@@ -432,6 +432,7 @@ class Output(Subject[T]):
         # Inputs piped with another policy, which a push never waits for; while there is
         # any, the instance's push methods are the _lossy variants (see _use_lossy_push).
         self._lossy: list[tuple[Input[T], str]] = []
+        self._since_yield = 0  # lossy pushes since the producer last yielded
         self._fast_target: Input[T] | None = None  # see _refresh_fast_path
         self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
@@ -532,6 +533,8 @@ class Output(Subject[T]):
         self._fast_target = None
         for target in self.targets:
             target._upstream_closed()
+        for target, _ in self._lossy:
+            target._upstream_closed()
         Subject.on_completed(self)
 
     # Subject is also an Observer; feeding it with on_next would bypass back-pressure.
@@ -623,7 +626,16 @@ class Output(Subject[T]):
             self.__dict__.pop(name, None)
 
     async def _push_lossy(self, item: T) -> bool:
-        """``push`` of an output with lossy pipes (see :meth:`_use_lossy_push`)."""
+        """``push`` of an output with lossy pipes (see :meth:`_use_lossy_push`).
+
+        A lossy input never pauses the producer, so the producer yields to the loop once
+        per threshold's worth of items instead: it must not monopolise the loop (a
+        generator source feeding only lossy pipes would otherwise never let anyone run).
+        """
+        self._since_yield += 1
+        if self._since_yield > self._lossy[0][0].threshold:
+            self._since_yield = 0
+            await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
         await Output.push(self, item)  # blocking inputs and Rx subscribers; counts the item
         self._offer_lossy(item)
         return True

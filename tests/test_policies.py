@@ -1,0 +1,185 @@
+"""Contract section 4, "Per-branch isolation": pipe(..., policy=...) applies at that pipe alone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import reactivex
+from harness import (
+    Collector,
+    assert_stats_identity,
+    input_stats,
+    run_checked,
+    source,
+    yield_to_loop,
+)
+
+from mimo_rx import BufferOverflowError, ConfigError, Stream, StreamError, Workflow
+
+pytestmark = pytest.mark.timeout(30)
+
+N = 10
+
+
+class LateReader(Stream):
+    """Reads nothing until ``gate`` is set, then everything (a slow branch: a dashboard)."""
+
+    IN = ["x"]
+
+    def __init__(self, gate: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(name="late", **kwargs)
+        self.gate = gate
+        self.items: list[Any] = []
+
+    async def run(self, ins: Any, outs: Any) -> None:
+        await self.gate.wait()
+        async for item in ins.x:
+            self.items.append(item)
+
+
+class GateOpener(Stream):
+    """The main path's sink: records everything, then opens the gate of the slow branch."""
+
+    IN = ["x"]
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__(name="main")
+        self.gate = gate
+        self.items: list[Any] = []
+
+    async def run(self, ins: Any, outs: Any) -> None:
+        async for item in ins.x:
+            self.items.append(item)
+        self.gate.set()
+
+
+def broadcast(policy: str, items: list[Any], late_size: int = 2) -> tuple[Workflow, Any, Any]:
+    """source -> main (block) and -> late (``policy``, buffer ``late_size``)."""
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=4)
+    src = workflow.add_stream(source(items, name="src"))
+    main, late = GateOpener(gate), LateReader(gate)
+    src.pipe(workflow.add_stream(main))
+    src.pipe(workflow.add_stream(late), buffer_size=late_size, policy=policy)
+    return workflow, main, late
+
+
+@pytest.mark.parametrize(
+    ("policy", "late_items", "dropped"),
+    [
+        ("drop_newest", [0, 1], N - 2),
+        ("drop_oldest", [N - 2, N - 1], N - 2),
+        ("latest", [N - 2, N - 1], N - 2),  # full: drop everything, keep the arrival
+        ("buffer", list(range(N)), 0),
+    ],
+)
+def test_a_slow_branch_with_a_policy_does_not_stall_the_main_path(
+    policy: str, late_items: list[int], dropped: int
+) -> None:
+    workflow, main, late = broadcast(policy, list(range(N)))
+    run_checked(workflow)
+    assert main.items == list(range(N))  # the main path finished before the branch read
+    assert late.items == late_items
+    stats = input_stats(workflow, "late", "x")
+    assert stats["dropped"] == dropped
+    assert stats["received"] == N
+    assert_stats_identity(workflow)
+
+
+def test_a_buffer_policy_lets_the_branch_hold_more_than_its_threshold() -> None:
+    workflow, _, _ = broadcast("buffer", list(range(N)))
+    run_checked(workflow)
+    assert input_stats(workflow, "late", "x")["peak_buffered"] == N
+
+
+def test_an_error_policy_fails_the_run_with_a_buffer_overflow_error_of_the_pusher() -> None:
+    workflow, _, _ = broadcast("error", list(range(N)))
+    with pytest.raises(StreamError) as info:
+        run_checked(workflow)
+    assert isinstance(info.value, BufferOverflowError)
+    assert info.value.stream == "src"  # the pushing stream failed
+    assert isinstance(info.value.__cause__, BufferOverflowError)
+    assert "'late'" in str(info.value.__cause__) and "'error'" in str(info.value.__cause__)
+
+
+def test_the_other_pipes_of_the_output_keep_back_pressure() -> None:
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=2)
+    src = workflow.add_stream(source(range(50), name="src"))
+    late = LateReader(gate)
+    blocked = Collector("blocked")
+    src.pipe(workflow.add_stream(blocked))
+    src.pipe(workflow.add_stream(late), policy="drop_oldest")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        for _ in range(100):
+            await asyncio.sleep(0)
+            assert input_stats(workflow, "blocked", "x")["buffered"] <= 2
+        gate.set()
+        await task
+
+    run_checked(main())
+    assert blocked.items == list(range(50))
+    assert input_stats(workflow, "late", "x")["dropped"] > 0
+
+
+def test_a_hot_source_pipe_policy_overrides_the_sources_policy_at_that_input() -> None:
+    subject: reactivex.subject.Subject[int] = reactivex.subject.Subject()
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=2)
+    src = workflow.add_source(subject, policy="buffer")
+    late, main = LateReader(gate), GateOpener(gate)
+    src.pipe(workflow.add_stream(main))
+    src.pipe(workflow.add_stream(late), policy="drop_newest")
+
+    async def run() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        await yield_to_loop()  # start() has subscribed the source before its first await
+        for i in range(6):
+            subject.on_next(i)
+        subject.on_completed()
+        await task
+
+    run_checked(run())
+    assert main.items == list(range(6))  # the source's own "buffer" policy
+    assert late.items == [0, 1]  # the pipe's "drop_newest"
+    assert input_stats(workflow, "late", "x")["dropped"] == 4
+
+
+def test_an_unknown_policy_is_a_config_error() -> None:
+    workflow = Workflow()
+    a = workflow.add_stream(source([1]))
+    b = workflow.add_stream(Collector())
+    with pytest.raises(ConfigError, match="policy 'drop'"):
+        a.pipe(b, policy="drop")
+    assert workflow.pipes == []
+
+
+def test_block_is_the_default_policy() -> None:
+    workflow = Workflow()
+    workflow.add_stream(source([1])).pipe(workflow.add_stream(Collector()))
+    assert [p.policy for p in workflow.pipes] == ["block"]
+
+
+def test_a_source_feeding_only_a_finished_lossy_consumer_stops_pulling() -> None:
+    pulled = []
+
+    def numbers() -> Any:
+        for i in range(10_000):
+            pulled.append(i)
+            yield i
+
+    class TakeOne(Stream):
+        IN = ["x"]
+
+        async def run(self, ins: Any, outs: Any) -> None:
+            await ins.x.pop()
+
+    workflow = Workflow(buffer_size=4)
+    workflow.add_source(numbers()).pipe(workflow.add_stream(TakeOne()), policy="drop_oldest")
+    run_checked(workflow)
+    assert len(pulled) < 10_000
+    assert_stats_identity(workflow)
