@@ -466,6 +466,9 @@ class Output(Subject[T]):
         for target in targets:
             if len(target._items) >= target.threshold:
                 await self._wait_for_room()
+                if self._lossy:  # a pipe changed policy while we waited (_set_policy)
+                    self._deliver_all(item)
+                    return True
                 break
         self.pushed += 1
         for target in targets:  # Input._deliver, inlined (fan-out is hot too)
@@ -626,7 +629,8 @@ class Output(Subject[T]):
             self.__dict__.pop(name, None)
 
     async def _push_lossy(self, item: T) -> bool:
-        """``push`` of an output with lossy pipes (see :meth:`_use_lossy_push`).
+        """``push`` of an output with lossy pipes (see :meth:`_use_lossy_push`): waits for
+        the blocking inputs only.
 
         A lossy input never pauses the producer, so the producer yields to the loop once
         per threshold's worth of items instead: it must not monopolise the loop (a
@@ -636,9 +640,26 @@ class Output(Subject[T]):
         if self._since_yield > self._lossy[0][0].threshold:
             self._since_yield = 0
             await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
-        await Output.push(self, item)  # blocking inputs and Rx subscribers; counts the item
-        self._offer_lossy(item)
+        if self.closed:
+            raise ClosedError(self.stream_name, self.name)
+        for target in self.targets:
+            if len(target._items) >= target.threshold:
+                await self._wait_for_room()
+                break
+        self._deliver_all(item)
         return True
+
+    def _deliver_all(self, item: T) -> None:
+        """Deliver one item to every input (each lossy one applying its policy) and to the
+        Rx subscribers; the blocking inputs have room."""
+        self.pushed += 1
+        for target in self.targets:
+            target._deliver(item)
+        source = "pipe:" + self.stream_name
+        for target, policy in self._lossy:
+            target._offer(item, policy, source)
+        if self.observers:
+            self._notify(item)
 
     async def _push_many_lossy(self, items: list[T]) -> None:
         """``_push_many`` with lossy pipes: item by item, so a cancelled call has delivered

@@ -183,3 +183,29 @@ def test_a_source_feeding_only_a_finished_lossy_consumer_stops_pulling() -> None
     run_checked(workflow)
     assert len(pulled) < 10_000
     assert_stats_identity(workflow)
+
+
+def test_switching_a_pipe_to_discard_during_a_run_releases_its_paused_producer() -> None:
+    """The internal hook behind outlets (section 10): once the application stops reading,
+    an outlet's input discards what arrives while it is full instead of pausing producers."""
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=2)
+    src = workflow.add_stream(source(range(10), name="src"))
+    late = LateReader(gate)
+    src.pipe(workflow.add_stream(late))
+
+    async def run() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        await yield_to_loop(20)
+        assert workflow.stats()["streams"]["src"]["status"] == "running"  # paused: full
+        src.stream.output("out")._set_policy(late.input("x"), "discard")
+        await yield_to_loop(20)
+        assert workflow.stats()["streams"]["src"]["status"] == "done"
+        gate.set()
+        await task
+
+    run_checked(run())
+    assert late.items == [0, 1]
+    stats = input_stats(workflow, "late", "x")
+    assert (stats["discarded"], stats["dropped"]) == (8, 0)
+    assert_stats_identity(workflow)
