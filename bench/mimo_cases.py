@@ -248,3 +248,76 @@ async def w4_source(n: int) -> tuple[int, int, int]:
     wf.add_source(w4_items(n)).pipe(wf.add_stream(slow_sink_stream(acc)))
     await wf.start()
     return acc.result
+
+
+# --- supervision: on_error="resume" must cost nothing while nothing fails ---------------------
+#
+# Paired runs only (bench/paired.py looks them up in EXTRA_CASES): the W1 pipeline with its
+# two maps as map_stream (async fn, concurrency 1) and as fused operator() stages, each
+# with on_error="fail" and "resume". Usage:
+#
+#     python bench/paired.py W1 "mimo_rx map_stream (resume)" "mimo_rx map_stream (fail)"
+
+
+async def _ainc(x: int) -> int:
+    return inc(x)
+
+
+async def _adbl(x: int) -> int:
+    return dbl(x)
+
+
+async def _w1_map_stream(n: int, on_error: str) -> tuple[int, int]:
+    from mimo_rx import Workflow
+    from mimo_rx import map_stream as mimo_map_stream
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_source(range(n))
+    chain(
+        wf,
+        src,
+        mimo_map_stream(_ainc, on_error=on_error),
+        filter_stream(is_even),
+        mimo_map_stream(_adbl, on_error=on_error),
+        sink_stream(acc),
+    )
+    await wf.start()
+    return acc.result
+
+
+async def _w1_fused_operators(n: int, on_error: str) -> tuple[int, int]:
+    from reactivex import operators as ops
+
+    from mimo_rx import Workflow, operator
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_source(range(n))
+    chain(
+        wf,
+        src,
+        operator(ops.map(inc), on_error=on_error),
+        operator(ops.filter(is_even), on_error=on_error),
+        operator(ops.map(dbl), on_error=on_error),
+        sink_stream(acc),
+    )
+    await wf.start()
+    return acc.result
+
+
+def _supervision_cases() -> dict[str, list[Any]]:
+    from functools import partial
+
+    from common import Case
+
+    cases = [
+        Case(f"mimo_rx {kind} ({mode})", partial(fn, on_error=mode), "mimo_rx")
+        for kind, fn in (("map_stream", _w1_map_stream), ("fused operators", _w1_fused_operators))
+        for mode in ("fail", "resume")
+    ]
+    return {"W1": cases}
+
+
+EXTRA_CASES = _supervision_cases()
+"""Cases that only bench/paired.py runs, by workload key."""

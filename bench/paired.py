@@ -16,14 +16,24 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # mimo_rx from the repo, bench modules by name
 
+import mimo_cases  # noqa: E402
 import workloads as wl  # noqa: E402
 from timing import run_cases, timeout_for  # noqa: E402
 
 WORKLOADS = {w.key: w for w in (wl.W1, wl.W2, wl.W3)}
+
+
+def _case(w: wl.Workload, label: str) -> Any:
+    """A case of the workload's table, or one of the paired-only cases of mimo_cases."""
+    for case in mimo_cases.EXTRA_CASES.get(w.key, []):
+        if case.label == label:
+            return case
+    return w.case(label)
 
 
 def main() -> int:
@@ -39,7 +49,7 @@ def main() -> int:
     args = parser.parse_args()
 
     w = WORKLOADS[args.workload]
-    cases = [w.case(args.case), w.case(args.baseline)]
+    cases = [_case(w, args.case), _case(w, args.baseline)]
     outcomes = run_cases(
         cases, w.n, w.expected(w.n), args.rounds, timeout=timeout_for(w.n), clock=args.clock
     )

@@ -46,7 +46,7 @@ def test_sensor_alerts_accounts_for_every_reading() -> None:
 
 
 def test_every_example_has_a_test() -> None:
-    tested = {"quickstart", "merge_join", "sensor_alerts", "scale_out"}
+    tested = {"quickstart", "merge_join", "sensor_alerts", "scale_out", "dead_letters"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -62,3 +62,13 @@ def test_scale_out_runs_the_heavy_stage_on_worker_processes_in_input_order() -> 
     )
     assert "64/64" in result.stdout
     assert "in input order" in result.stdout
+
+
+def test_dead_letters_accounts_for_every_record(capsys: pytest.CaptureFixture[str]) -> None:
+    report = load("dead_letters").main()
+    assert report["parsed"] + report["failed"] == report["read"] == 10
+    assert len(report["orders"]) == report["parsed"]
+    assert len(report["dead"]) == report["failed"]
+    dead_lines = {line for line, _ in report["dead"]}
+    assert {"not json at all", '{"id": 8, "amount": 2}'} <= dead_lines
+    assert "parsed + failed == read is True" in capsys.readouterr().out
