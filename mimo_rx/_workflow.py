@@ -195,8 +195,13 @@ class Workflow:
         # A resuming stream's ``errors`` output is not in ``outs``: only piped by name.
         hidden = output is not None and output not in outs and output in source.stream._outputs
         if output is not None and output not in outs and not hidden:
+            hint = (
+                "; only a stream with on_error='resume' has an 'errors' output"
+                if output == "errors"
+                else ""
+            )
             raise PipeError(
-                f"stream {source.name!r} has no output {output!r}; its outputs are {outs}"
+                f"stream {source.name!r} has no output {output!r}; its outputs are {outs}{hint}"
             )
         if input is not None and input not in ins:
             raise PipeError(f"stream {target.name!r} has no input {input!r}; its inputs are {ins}")

@@ -109,6 +109,10 @@ def _linear(stage: Stream, items: list[Any]) -> tuple[Workflow, Collector, Any]:
 def test_a_stream_that_does_not_resume_has_no_errors_output() -> None:
     with pytest.raises(ConfigError):
         map_stream(bad_on_three).output("errors")
+    workflow = Workflow()
+    step = workflow.add_stream(map_stream(bad_on_three))
+    with pytest.raises(PipeError, match="on_error='resume'"):
+        step.pipe(workflow.add_stream(Collector()), output="errors")
 
 
 # -- map_stream and operator(): item-level skip ------------------------------------------------
@@ -334,6 +338,33 @@ def test_a_stream_that_raises_before_taking_any_item_since_it_was_called_fails_t
     assert failures_of(workflow, "s") == 0
 
 
+def test_a_resuming_rx_stream_whose_chain_fails_before_any_item_fails_the_run() -> None:
+    stage = rx_stream(
+        lambda x: reactivex.throw(ValueError("broken chain")),
+        ins=["x"],
+        outs=["y"],
+        name="rx",
+        on_error="resume",
+    )
+    workflow, _, _ = _linear(stage, [1, 2])
+    with pytest.raises(StreamError, match="broken chain") as info:
+        run_checked(workflow)
+    assert info.value.stream == "rx"
+
+
+def test_a_resuming_operator_that_fails_on_every_item_counts_every_failure_and_ends() -> None:
+    def always(x: int) -> int:
+        raise ValueError(x)
+
+    workflow, sink, dead, _ = with_dead_letters(
+        operator(ops.map(always), on_error="resume", name="op"), list(range(100)), buffer_size=4
+    )
+    run_checked(workflow)
+    assert sink.items == []
+    assert [f.item for f in dead.items] == list(range(100))
+    assert failures_of(workflow, "op") == 100
+
+
 def test_a_resuming_stream_that_fails_on_every_item_counts_every_failure_and_ends() -> None:
     async def always(ins: Any, outs: Any, state: Any) -> None:
         async for item in ins.x:
@@ -444,7 +475,7 @@ def test_a_full_errors_sink_pauses_the_stream_and_loses_no_failure() -> None:
             state.setdefault("items", []).append(item)
 
     workflow = Workflow(buffer_size=2)
-    step = workflow.add_stream(map_stream(bad_on_three, on_error="resume", name="m"))
+    step = workflow.add_stream(map_stream(async_bad_on_three, on_error="resume", name="m"))
     main = Stream(["x"], fn=main_sink, name="main")
     workflow.add_stream(source(range(30))).pipe(step).pipe(workflow.add_stream(main))
     step.pipe(workflow.add_stream(GatedSink()), output="errors")
@@ -697,6 +728,7 @@ def test_cancelling_during_a_timed_out_executor_call_returns_promptly_and_leaves
 # -- nothing is lost (a property) ------------------------------------------------------------
 
 
+@pytest.mark.timeout(180)  # 200 examples; a loaded 2-core machine runs them in 5-30 s
 @given(
     n=st.integers(0, 40),
     bad=st.sets(st.integers(0, 39)),
