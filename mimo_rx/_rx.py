@@ -181,7 +181,9 @@ class _ResumingCounting(_Counting):
         if not isinstance(error, _StageFailed):
             assert self.stage is not None
             error = _StageFailed(self.stage, error)
-        if self.owner._feeding and threading.get_ident() == self.owner._loop_thread:
+        owner = self.owner
+        if owner._feeding and threading.get_ident() == owner._loop_thread:
+            owner._caught = error  # in case an operator on the way up swallows it
             raise error  # back up the call stack to _feed, which knows the item
         self.error(error)  # a timer or a thread: it reaches the collector as an event
 
@@ -234,6 +236,7 @@ class _ResumingCollector(_Collector):
             assert self.stage is not None
             error = _StageFailed(self.stage, error)
         if owner._feeding and threading.get_ident() == owner._loop_thread:
+            owner._caught = error  # in case an operator on the way up swallows it
             raise error  # back up the call stack to _feed, which knows the item
         owner._emit(("error", self.index, error))
 
@@ -463,6 +466,11 @@ class RxStream(Stream):
                             failed.item, failed.port = batch[position], port.name
                         self._last_fed = (batch[position], port.name)
                         self._caught = failed
+                        return True
+                    if self._caught is not None:
+                        # An operator that catches its downstream's exceptions (do_action's
+                        # after_next, ...) swallowed the failure: the item is unknown and the
+                        # rest of the batch went into the broken chain.
                         return True
                 elif port._closed and not feed.done:
                     try:

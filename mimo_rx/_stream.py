@@ -182,11 +182,6 @@ class Stream:
                 f"stream {self.name!r} has no input {name!r}; its inputs are {self.ins}"
             ) from None
 
-    @property
-    def on_error(self) -> str:
-        """``"fail"`` or ``"resume"``: what an exception raised by the stream's code does."""
-        return self._on_error
-
     def output(self, name: str) -> Output[Any]:
         """The output port called ``name`` (raises ``ConfigError`` naming the known ones).
 

@@ -779,3 +779,46 @@ def test_failure_has_a_readable_repr_and_compares_by_value() -> None:
     )
     assert failure == Failure("parse", error, {"id": 1}, "x")
     assert "Failure" in mimo_rx.__all__ and mimo_rx.Failure is Failure
+
+
+def test_each_failure_is_announced_to_the_runs_event_hook() -> None:
+    """The hook behind ``workflow.events`` (section 7): one "failure" event per failure. The
+    metrics work wires ``StepRuntime.events``; here the stream sets it on itself."""
+    events: list[dict[str, Any]] = []
+
+    class Announcing(Stream):
+        IN = ["x"]
+        OUT = ["y"]
+
+        def __init__(self) -> None:
+            super().__init__(name="ann", on_error="resume")
+
+        async def run(self, ins: Any, outs: Any) -> None:
+            self._outputs["errors"]._rt.events = events.append
+            async for item in ins.x:
+                if item == 2:
+                    raise KeyError(item)
+                await outs.y.push(item)
+
+    workflow, sink, _, _ = with_dead_letters(Announcing(), [1, 2, 3])
+    run_checked(workflow)
+    assert sink.items == [1, 3]
+    assert events == [{"event": "failure", "stream": "ann", "error": "KeyError(2)"}]
+
+
+def test_a_failure_swallowed_by_an_operator_that_catches_downstream_errors_still_resumes() -> None:
+    # reactivex's do_after_next wraps the downstream on_next in try/except: the failure of
+    # the stage after it must still be seen, and the run must not hang.
+    from reactivex.operators._do import do_after_next
+
+    workflow = Workflow()
+    sink, dead = Collector(), Collector("dead")
+    a = workflow.add_stream(
+        operator(lambda src: do_after_next(src, lambda x: None), name="a", on_error="resume")
+    )
+    b = workflow.add_stream(operator(ops.map(bad_on_three), name="b", on_error="resume"))
+    workflow.add_stream(source([1, 2, 3, 4])).pipe(a).pipe(b).pipe(workflow.add_stream(sink))
+    b.pipe(workflow.add_stream(dead), output="errors")
+    run_checked(workflow)
+    assert [f.stream for f in dead.items] == ["b"]
+    assert sink.items[:2] == [10, 20]
