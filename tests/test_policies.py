@@ -209,3 +209,50 @@ def test_switching_a_pipe_to_discard_during_a_run_releases_its_paused_producer()
     stats = input_stats(workflow, "late", "x")
     assert (stats["discarded"], stats["dropped"]) == (8, 0)
     assert_stats_identity(workflow)
+
+
+def test_an_input_merging_a_lossy_and_a_blocking_pipe_applies_each_pipes_policy() -> None:
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=2)
+    late = workflow.add_stream(LateReader(gate))
+    fast = workflow.add_stream(source(range(10), name="fast"))
+    slow = workflow.add_stream(source(range(100, 103), name="slow"))
+    fast.pipe(late, policy="drop_newest")
+    slow.pipe(late)  # blocking: waits for the reader, loses nothing
+
+    async def run() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        await yield_to_loop(50)
+        stats = workflow.stats()["streams"]
+        assert stats["fast"]["status"] == "done"  # never paused by the full input
+        assert stats["slow"]["status"] == "running"  # paused by back-pressure
+        gate.set()
+        await task
+
+    late_stream = late.stream
+    run_checked(run())
+    assert [x for x in late_stream.items if x >= 100] == [100, 101, 102]
+    stats = input_stats(workflow, "late", "x")
+    assert stats["dropped"] == 10 - len([x for x in late_stream.items if x < 100])
+    assert_stats_identity(workflow)
+
+
+def test_switching_a_lossy_pipe_back_to_block_restores_back_pressure() -> None:
+    workflow = Workflow(buffer_size=2)
+    sink = Collector()
+    outputs = []
+
+    class Switch(Stream):
+        """Switches the pipe back to "block" as the run starts (the internal hook)."""
+
+        async def run(self, ins: Any, outs: Any) -> None:
+            outputs[0]._set_policy(sink.input("x"), "block")
+
+    workflow.add_stream(Switch())  # its task runs first
+    src = workflow.add_stream(source(range(20), name="src"))
+    outputs.append(src.stream.output("out"))
+    src.pipe(workflow.add_stream(sink), policy="drop_oldest")
+    run_checked(workflow)
+    assert sink.items == list(range(20))  # nothing dropped: the producer was paused instead
+    assert input_stats(workflow, "sink", "x")["dropped"] == 0
+    assert input_stats(workflow, "sink", "x")["peak_buffered"] <= 2
