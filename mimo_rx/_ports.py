@@ -433,6 +433,10 @@ class Output(Subject[T]):
         # any, the instance's push methods are the _lossy variants (see _use_lossy_push).
         self._lossy: list[tuple[Input[T], str]] = []
         self._since_yield = 0  # lossy pushes since the producer last yielded
+        # Inputs switched to a lossy policy during the run (_set_policy): an internal Rx
+        # observer delivers to them, so that every push (also a push method a producer
+        # looked up before the switch) reaches them.
+        self._switched: _SwitchedInputs[T] | None = None
         self._fast_target: Input[T] | None = None  # see _refresh_fast_path
         self._live_targets = 0  # connected inputs whose stream has not finished
         self.pushed = 0
@@ -466,9 +470,6 @@ class Output(Subject[T]):
         for target in targets:
             if len(target._items) >= target.threshold:
                 await self._wait_for_room()
-                if self._lossy:  # a pipe changed policy while we waited (_set_policy)
-                    self._deliver_all(item)
-                    return True
                 break
         self.pushed += 1
         for target in targets:  # Input._deliver, inlined (fan-out is hot too)
@@ -538,6 +539,9 @@ class Output(Subject[T]):
             target._upstream_closed()
         for target, _ in self._lossy:
             target._upstream_closed()
+        if self._switched is not None:
+            for target, _ in self._switched.inputs:
+                target._upstream_closed()
         Subject.on_completed(self)
 
     # Subject is also an Observer; feeding it with on_next would bypass back-pressure.
@@ -597,7 +601,10 @@ class Output(Subject[T]):
     def abandoned(self) -> bool:
         """True when nothing will ever see another push: every connected input's stream has
         finished and no Rx observer is subscribed. Sources use it to stop pulling early."""
-        return self._live_targets <= 0 and bool(self.targets or self._lossy) and not self.observers
+        switched = self._switched
+        own = 0 if switched is None else 1  # the internal observer of switched inputs
+        connected = bool(self.targets or self._lossy or (switched and switched.inputs))
+        return self._live_targets <= 0 and connected and len(self.observers) <= own
 
     def _connect(self, target: Input[T], policy: str = "block") -> None:
         if policy == "block":
@@ -637,7 +644,8 @@ class Output(Subject[T]):
         generator source feeding only lossy pipes would otherwise never let anyone run).
         """
         self._since_yield += 1
-        if self._since_yield > self._lossy[0][0].threshold:
+        lossy = self._lossy
+        if lossy and self._since_yield > lossy[0][0].threshold:
             self._since_yield = 0
             await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
         if self.closed:
@@ -687,22 +695,29 @@ class Output(Subject[T]):
         """Switch the connected input ``target`` to ``policy`` during a run.
 
         Producers parked on it are released: they look again, and no longer wait for it
-        when it is not ``"block"``.
+        when it is not ``"block"``. A blocking input switched to a lossy policy is served
+        by an internal Rx observer (see ``_switched``), a lossy one keeps its push methods.
         """
         if policy not in PIPE_POLICIES and policy not in _LOSSY_POLICIES:
             raise ConfigError(f"unknown policy {policy!r} for input {target.name!r}")
+        switched = self._switched
         if target in self.targets:
             self.targets.remove(target)  # in place: a push suspended meanwhile sees it
-        else:
-            self._lossy = [(t, p) for t, p in self._lossy if t is not target]
+        elif any(t is target for t, _ in self._lossy):
+            self._lossy[:] = [(t, p) for t, p in self._lossy if t is not target]
+            if policy != "block":  # it stays where it was, with its new policy
+                self._lossy.append((target, policy))
+            elif not self._lossy:
+                self._use_plain_push()
+        elif switched is not None:
+            switched.inputs[:] = [(t, p) for t, p in switched.inputs if t is not target]
         if policy == "block":
             self.targets.append(target)
-        else:
-            self._lossy.append((target, policy))
-        if self._lossy:
-            self._use_lossy_push()
-        else:
-            self._use_plain_push()
+        elif not any(t is target for t, _ in self._lossy):
+            if switched is None:
+                switched = self._switched = _SwitchedInputs(self)
+                self.subscribe(switched)  # also turns the fast path off
+            switched.inputs.append((target, policy))
         self._refresh_fast_path()
         target._release_all_producers()
 
@@ -716,3 +731,26 @@ class Output(Subject[T]):
 
     def __repr__(self) -> str:
         return f"<Output {self.stream_name}.{self.name} -> {len(self.targets)} inputs>"
+
+
+class _SwitchedInputs(rx_abc.ObserverBase[T]):
+    """The inputs of one output switched to a lossy policy during a run (``_set_policy``).
+
+    Subscribed to the output like any Rx observer, it gets every item whichever push method
+    delivered it, also one a producer looked up before the switch, and offers it to each
+    input under that input's policy.
+    """
+
+    def __init__(self, output: Output[T]) -> None:
+        self.source = "pipe:" + output.stream_name
+        self.inputs: list[tuple[Input[T], str]] = []
+
+    def on_next(self, value: T) -> None:
+        for target, policy in self.inputs:
+            target._offer(value, policy, self.source)
+
+    def on_error(self, error: Exception) -> None:
+        pass  # the run failed: the inputs are not told (as with blocking pipes)
+
+    def on_completed(self) -> None:
+        pass  # close() has closed the inputs

@@ -185,12 +185,22 @@ def test_a_source_feeding_only_a_finished_lossy_consumer_stops_pulling() -> None
     assert_stats_identity(workflow)
 
 
-def test_switching_a_pipe_to_discard_during_a_run_releases_its_paused_producer() -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["push", "push looked up once"])
+def test_switching_a_pipe_to_discard_during_a_run_releases_its_paused_producer(
+    cached: bool,
+) -> None:
     """The internal hook behind outlets (section 10): once the application stops reading,
-    an outlet's input discards what arrives while it is full instead of pausing producers."""
+    an outlet's input discards what arrives while it is full instead of pausing producers.
+    It holds also for a producer that looked ``push`` up before the switch."""
+
+    async def produce(ins: Any, outs: Any, state: Any) -> None:
+        push = outs.out.push
+        for item in range(10):
+            await (push(item) if cached else outs.out.push(item))
+
     gate = asyncio.Event()
     workflow = Workflow(buffer_size=2)
-    src = workflow.add_stream(source(range(10), name="src"))
+    src = workflow.add_stream(Stream(outs=["out"], fn=produce, name="src"))
     late = LateReader(gate)
     src.pipe(workflow.add_stream(late))
 
@@ -207,7 +217,7 @@ def test_switching_a_pipe_to_discard_during_a_run_releases_its_paused_producer()
     run_checked(run())
     assert late.items == [0, 1]
     stats = input_stats(workflow, "late", "x")
-    assert (stats["discarded"], stats["dropped"]) == (8, 0)
+    assert (stats["discarded"], stats["dropped"], stats["taken"]) == (8, 0, 2)
     assert_stats_identity(workflow)
 
 
