@@ -822,3 +822,39 @@ def test_a_failure_swallowed_by_an_operator_that_catches_downstream_errors_still
     run_checked(workflow)
     assert [f.stream for f in dead.items] == ["b"]
     assert sink.items[:2] == [10, 20]
+
+
+def test_a_stream_paused_on_a_full_errors_input_that_never_drains_is_a_deadlock() -> None:
+    class DrainsYFirst(Stream):
+        IN = ["good", "bad"]
+
+        async def run(self, ins: Any, outs: Any) -> None:
+            async for _ in ins.good:
+                pass
+            async for _ in ins.bad:
+                pass
+
+    workflow = Workflow(buffer_size=1)
+    step = workflow.add_stream(map_stream(async_bad_on_three, on_error="resume", name="m"))
+    sink = workflow.add_stream(DrainsYFirst())
+    workflow.add_stream(source(range(30))).pipe(step).pipe(sink, input="good")
+    step.pipe(sink, output="errors", input="bad")
+    with pytest.raises(mimo_rx.DeadlockError, match="'errors'"):
+        run_checked(workflow)
+
+
+def test_a_resuming_time_operator_that_fails_on_a_timer_resumes() -> None:
+    def check(window: list[int]) -> list[int]:
+        if 2 in window:
+            raise ValueError("window with 2")
+        return window
+
+    # buffer_with_time emits on the loop's timer, outside any item's feeding.
+    stage = operator(
+        reactivex.compose(ops.buffer_with_time(0.05), ops.map(check)), on_error="resume", name="t"
+    )
+    workflow, _, dead, _ = with_dead_letters(stage, [1, 2, 3])
+    run_checked(workflow)
+    assert [type(f.error) for f in dead.items] == [ValueError]
+    assert dead.items[0].stream == "t"
+    assert failures_of(workflow, "t") == 1
