@@ -304,7 +304,7 @@ class Input(Generic[T]):
         elif policy == "discard":
             self.discarded += 1
         elif policy == "error" and source.startswith("pipe:"):
-            raise _PipeOverflowError(self.stream_name, self.name, self.threshold, source[5:])
+            raise PipeOverflowError(self.stream_name, self.name, self.threshold, source[5:])
         else:
             raise BufferOverflowError(self.stream_name, self.name, self.threshold, source)
 
@@ -362,8 +362,12 @@ class Input(Generic[T]):
         self._rt = runtime
 
 
-class _PipeOverflowError(BufferOverflowError):
-    """A pipe with ``policy="error"`` found its input full (the pushing stream fails)."""
+class PipeOverflowError(BufferOverflowError):
+    """A pipe with ``policy="error"`` found its input full (the pushing stream fails).
+
+    Internal (not exported): users catch ``BufferOverflowError``; the name shows in the
+    ``StreamError`` message of the pushing stream.
+    """
 
     def __init__(self, stream: str, port: str, threshold: int, producer: str) -> None:
         self.stream = stream
