@@ -50,6 +50,7 @@ class Handoff:
         self.stopped = False  # the source task ended: producers must stop
         self.sealed = False  # no new producer may put (an inlet was closed)
         self.blocked = 0  # producers waiting for room
+        self.credit = 0  # puts that capacity() allowed at its last look and are not made yet
         self.terminated = False  # a terminal signal was received: ignore anything after it
         self.settled = threading.Event()  # subscribe() returned, or its thread is paused
         self.returned = False  # subscribe() has returned or raised
@@ -73,10 +74,16 @@ class Handoff:
             if kind in ("completed", "error"):
                 self.terminated = True
             if block:
-                while len(self.entries) >= self.capacity() and not self.stopped:
-                    self._wait_for_room(deadline)
-                if self.stopped:
-                    return False
+                if self.credit <= 0:
+                    # Entries move downstream only as room is used, so what capacity() allows
+                    # now stays allowed: look again only once this credit is spent.
+                    self.credit = self.capacity() - len(self.entries)
+                    while self.credit <= 0 and not self.stopped:
+                        self._wait_for_room(deadline)
+                        self.credit = self.capacity() - len(self.entries)
+                    if self.stopped:
+                        return False
+                self.credit -= 1
             self.entries.append((kind, value))
             # One wake-up per batch: the loop takes everything that arrived in the meantime.
             self._schedule_wake()

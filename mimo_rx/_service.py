@@ -64,8 +64,11 @@ class InletStream(Stream):
 
     def __init__(self, name: str) -> None:
         super().__init__(name=name)
+        self._out: Output[Any] = self._outputs["out"]
         self._closed = False  # close() was called: new sends are refused
         self._ended = False  # the run is over
+        self._accepting = False  # started, not closed, not ended: sends go straight through
+        self._loop_thread: int | None = None
         self._started = threading.Event()  # the run has begun (for send_threadsafe)
         self._started_async: asyncio.Event | None = None  # the same, for await send
         self._in_flight = 0  # loop sends that began and have not delivered yet
@@ -77,15 +80,18 @@ class InletStream(Stream):
     def _on_start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        out = self._outputs["out"]
-        self._handoff = Handoff(loop, capacity=out._room)
+        self._loop_thread = threading.get_ident()
+        self._handoff = Handoff(loop, capacity=self._out._room)
         if self._closed:
             self._handoff.seal()
+        else:
+            self._accepting = True
         self._started.set()
         self._started_event().set()
 
     def _on_end(self, error: BaseException | None) -> None:
         self._ended = True
+        self._accepting = False
         if self._handoff is not None:
             self._handoff.stop()  # threads still waiting get ClosedError
 
@@ -127,15 +133,29 @@ class InletStream(Stream):
         )
 
     async def send(self, item: Any) -> None:
+        # The common case, Output.push's own fast path: one input with room, below its peak
+        # so far. It cannot suspend, so it needs none of the bookkeeping below.
+        target = self._out._fast_target
+        if target is not None and self._accepting:
+            items = target._items
+            if len(items) < target._mark:
+                items.append(item)
+                self._out.pushed += 1
+                if target._getter is not None:
+                    target._wake_getter()
+                return
+        await self._send_waiting(item)
+
+    async def _send_waiting(self, item: Any) -> None:
         if self._closed or self._ended:
             raise self._refuse("send()")
         if not self._started.is_set():
             await self._started_event().wait()
             if self._closed or self._ended:
                 raise self._refuse("send()")
-        self._in_flight += 1
+        self._in_flight += 1  # close() lets this send deliver before the inlet ends
         try:
-            await self._outputs["out"].push(item)
+            await self._out.push(item)
         finally:
             self._in_flight -= 1
             if self._closed and not self._in_flight and self._handoff is not None:
@@ -144,7 +164,7 @@ class InletStream(Stream):
     def send_nowait(self, item: Any) -> None:
         if self._closed or self._ended:
             raise self._refuse("send_nowait()")
-        out = self._outputs["out"]
+        out = self._out
         if not self._started.is_set():
             raise WouldBlock(self.name, "out", "the run has not started")
         if self._loop is not None and not on_loop_thread(self._loop):
@@ -164,6 +184,11 @@ class InletStream(Stream):
 
     def send_threadsafe(self, item: Any, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._accepting and threading.get_ident() != self._loop_thread:
+            handoff = self._handoff
+            assert handoff is not None
+            self._put(handoff, item, timeout, deadline)
+            return
         if self._closed or self._ended:
             raise self._refuse("send_threadsafe()")
         if (self._loop is not None and on_loop_thread(self._loop)) or self._blocks_own_loop():
@@ -179,6 +204,11 @@ class InletStream(Stream):
             )
         handoff = self._handoff
         assert handoff is not None
+        self._put(handoff, item, timeout, deadline)
+
+    def _put(
+        self, handoff: Handoff, item: Any, timeout: float | None, deadline: float | None
+    ) -> None:
         try:
             accepted = handoff.put("cold", item, block=True, deadline=deadline)
         except TimeoutError:
@@ -203,6 +233,7 @@ class InletStream(Stream):
         if self._closed:
             return
         self._closed = True
+        self._accepting = False
         handoff = self._handoff
         if handoff is None:
             return  # before the run: _on_start seals it
@@ -232,6 +263,10 @@ class Inlet(Step):
     """
 
     stream: InletStream
+
+    def __init__(self, workflow: Workflow, stream: Stream, name: str) -> None:
+        super().__init__(workflow, stream, name)
+        self.send = self.stream.send  # type: ignore[method-assign]  # no extra frame per item
 
     async def send(self, item: Any) -> None:
         """Deliver ``item``, suspending while any input it feeds is full.
@@ -281,13 +316,37 @@ class Inlet(Step):
 
 
 class _OutletInput(Input[Any]):
-    """The input of an outlet: also tells the outlet's task when every upstream has closed."""
+    """The input of an outlet, read by the application with ``pop``/``async for`` directly.
 
-    __slots__ = ("_on_closed",)
+    It tells the outlet's task when every upstream has closed, and once the run has failed
+    every read raises the run's exception (the buffer is discarded then, so the reads' fast
+    path, which never looks at errors, always reaches ``_wait_for_item``).
+    """
+
+    __slots__ = ("_error", "_on_closed")
 
     def __init__(self, name: str, stream_name: str) -> None:
         super().__init__(name, stream_name)
         self._on_closed: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    async def _wait_for_item(self, what: str) -> None:
+        if self._error is None:
+            try:
+                await super()._wait_for_item(what)
+            except EndOfStream:
+                if self._error is None:
+                    raise
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, error: BaseException) -> None:
+        """The run failed or was cancelled: no item will arrive; readers get ``error``."""
+        self._error = error
+        self.discarded += len(self._items)
+        self._items.clear()
+        self._closed = True
+        self._wake_getter()
 
     def _upstream_closed(self) -> None:
         super()._upstream_closed()
@@ -305,7 +364,6 @@ class OutletStream(Stream):
         super().__init__(name=name, buffer_size=buffer_size)
         self._input = _OutletInput("x", name)
         self._inputs["x"] = self._input
-        self._error: BaseException | None = None
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         port = self._input
@@ -317,24 +375,10 @@ class OutletStream(Stream):
         pass  # what is buffered stays readable after the run
 
     def _on_end(self, error: BaseException | None) -> None:
-        if error is None:
-            return
-        if isinstance(error, asyncio.CancelledError):
-            error = WorkflowCancelled()
-        self._error = error
-        port = self._input
-        port._closed = True  # nothing more will arrive; wake every reader
-        port._wake_getter()
-
-    async def receive(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        try:
-            return await self._input.pop()
-        except EndOfStream:
-            if self._error is not None:
-                raise self._error from None
-            raise
+        if error is not None:
+            if isinstance(error, asyncio.CancelledError):
+                error = WorkflowCancelled(self.name, "x")
+            self._input._fail(error)
 
 
 class Outlet(Step):
@@ -346,6 +390,10 @@ class Outlet(Step):
 
     stream: OutletStream
 
+    def __init__(self, workflow: Workflow, stream: Stream, name: str) -> None:
+        super().__init__(workflow, stream, name)
+        self.receive = self.stream._input.pop  # type: ignore[method-assign]  # no extra frame
+
     async def receive(self) -> Any:
         """Return the next item, waiting while none is buffered.
 
@@ -354,16 +402,12 @@ class Outlet(Step):
             StreamError, DeadlockError, WorkflowCancelled: the run failed or was cancelled
                 (the same kind of exception the run raised).
         """
-        return await self.stream.receive()
+        return await self.stream._input.pop()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.stream.receive()
-        except EndOfStream:
-            raise StopAsyncIteration from None
+        """Iterate until everything upstream has closed and the buffer is drained (raises
+        the run's exception when it failed or was cancelled)."""
+        return self.stream._input
 
     def __len__(self) -> int:
         return len(self.stream._input)
