@@ -444,7 +444,12 @@ async def running(workflow: Workflow, progress: bool = False) -> AsyncIterator[W
     for step in workflow.steps:
         if isinstance(step, Inlet):
             step.close()
-    await run
+    try:
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        if not run.done():  # we were cancelled while the run drained: cancel it, wait for it
+            await _cancel_and_wait(run)
+        raise
 
 
 def _release_outlets(workflow: Workflow) -> None:
