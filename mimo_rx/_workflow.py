@@ -291,7 +291,10 @@ class Workflow:
             streams[step.name] = {
                 "status": step.status,
                 "failures": stream._failures,
-                "inputs": {name: _input_stats(port) for name, port in stream._inputs.items()},
+                "inputs": {
+                    name: _input_stats(port, self._planned_threshold(step, name))
+                    for name, port in stream._inputs.items()
+                },
                 "outputs": {
                     name: {"pushed": port.pushed} for name, port in stream._outputs.items()
                 },
@@ -426,6 +429,12 @@ class Workflow:
                         "wait forever; pipe an output into it or remove the port"
                     )
 
+    def _planned_threshold(self, step: Step, port: str) -> int:
+        """The threshold an input has in the run, or will have once the run starts."""
+        if self._started:
+            return step.stream._inputs[port].threshold
+        return self._threshold(step, port)
+
     def _threshold(self, step: Step, port: str) -> int:
         sizes = [
             p.buffer_size
@@ -439,7 +448,7 @@ class Workflow:
         return self.buffer_size
 
 
-def _input_stats(port: Input[Any]) -> dict[str, int | float]:
+def _input_stats(port: Input[Any], threshold: int) -> dict[str, int | float]:
     return {
         "received": port.received,
         "taken": port.taken,
@@ -448,7 +457,7 @@ def _input_stats(port: Input[Any]) -> dict[str, int | float]:
         "buffered": port.buffered,
         "peak_buffered": port.peak,
         "paused_s": round(port.paused_s, 6),
-        "threshold": port.threshold,
+        "threshold": threshold,
     }
 
 
