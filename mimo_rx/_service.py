@@ -408,6 +408,8 @@ def _release_outlets(workflow: Workflow) -> None:
     for step in workflow.steps:
         if isinstance(step, Outlet):
             port = step.stream._input
+            if port._closed:
+                continue  # every upstream has closed: no producer is left to release
             for upstream in port._upstreams:
                 if port in upstream.targets:
                     upstream._set_policy(port, "discard")  # type: ignore[attr-defined]
