@@ -131,6 +131,8 @@ class Upload:
         """Read the upload a line at a time, only as fast as the graph takes the lines."""
         try:
             for line in itertools.count(1):
+                if self.lines.closed:
+                    return  # the server is draining: leave the rest of the upload unread
                 try:
                     raw: bytes | None = await body.readline()
                 except ValueError:  # longer than aiohttp's buffer limit
