@@ -34,7 +34,7 @@ four-step graph per request, which is small next to a streamed upload.
 
 Run it: ``python examples/web_service.py --port 8080`` (``--port 0`` picks a free port; the
 first line printed is ``listening on http://127.0.0.1:PORT``), then for example
-``curl -T orders.ndjson -H 'Transfer-Encoding: chunked' http://127.0.0.1:8080/process``.
+``curl -X POST -T orders.ndjson -H 'Transfer-Encoding: chunked' http://127.0.0.1:8080/process``.
 ``python examples/web_service.py --self-test`` runs a short client against itself.
 Needs the extra ``mimo_rx[web]`` (aiohttp).
 """
