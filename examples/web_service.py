@@ -49,12 +49,12 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import reactivex.operators as ops
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, StreamReader, web
 
 from mimo_rx import ClosedError, MimoError, Workflow, map_stream, operator
 
@@ -127,7 +127,7 @@ class Upload:
         self.errors = 0  # of which error lines
         self.complete = False  # the whole upload was read
 
-    async def feed(self, body: web.StreamReader) -> None:
+    async def feed(self, body: StreamReader) -> None:
         """Read the upload a line at a time, only as fast as the graph takes the lines."""
         try:
             for line in itertools.count(1):
@@ -173,7 +173,8 @@ class Service:
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @contextlib.contextmanager
-    def upload(self) -> Any:
+    def upload(self) -> Iterator[Upload]:
+        """Register a new request's graph for as long as the request runs."""
         number = next(self._numbers)
         upload = Upload(self.delay, self.concurrency, self.buffer_size)
         self.live[number] = upload
