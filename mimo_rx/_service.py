@@ -437,8 +437,7 @@ async def running(workflow: Workflow, progress: bool = False) -> AsyncIterator[W
     try:
         yield workflow
     except BaseException:
-        _release_outlets(workflow)
-        await _cancel_and_wait(run)
+        await _cancel_and_wait(run)  # nothing is left to release: the run is over
         raise
     _release_outlets(workflow)
     for step in workflow.steps:
@@ -457,6 +456,8 @@ def _release_outlets(workflow: Workflow) -> None:
     for step in workflow.steps:
         if isinstance(step, Outlet):
             port = step.stream._input
+            if port._closed:
+                continue  # every upstream has closed: no producer is left to release
             for upstream in port._upstreams:
                 if port in upstream.targets:
                     upstream._set_policy(port, "discard")  # type: ignore[attr-defined]
