@@ -26,8 +26,6 @@ aiohttp = pytest.importorskip("aiohttp")
 from harness import run_checked  # noqa: E402
 from test_examples import EXAMPLES, load  # noqa: E402
 
-import mimo_rx  # noqa: E402
-
 web_service = load("web_service")
 
 PADDING = "x" * 1000  # makes each upload line about 1 KiB: the byte buffers hold few records
@@ -391,11 +389,6 @@ def test_sigterm_drains_every_record_read_before_the_signal_and_exits_0() -> Non
 # -- a client that goes away ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    not hasattr(mimo_rx.Output, "_set_policy"),
-    reason="running() releases the unread outlet with Output._set_policy (per-pipe policies)",
-    strict=True,
-)
 def test_a_client_that_disconnects_mid_request_cancels_only_its_own_workflow() -> None:
     async def main() -> dict[str, Any]:
         service = WatchedService(delay=0.001, concurrency=2, lines_wanted=10)
