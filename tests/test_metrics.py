@@ -460,3 +460,37 @@ def test_a_failure_a_stream_resumes_from_is_an_event() -> None:
     failures = [e for e in seen.items if e["event"] == "failure"]
     assert failures == [{"event": "failure", "stream": "picky", "error": repr(ValueError("three"))}]
     assert wf.stats()["streams"]["picky"]["failures"] == 1
+
+
+def test_a_run_ended_by_stop_sends_the_final_snapshot_and_completes_the_events() -> None:
+    wf, _ = linear(paced(10_000, 0.001), Collector())
+    snaps = RecordingObserver()
+    events = RecordingObserver()
+    wf.metrics(0.01).subscribe(snaps)
+    wf.events.subscribe(events)
+    # Stop gracefully once a few snapshots have been sent: the source ends, the rest drains.
+    wf.metrics(0.01).pipe(ops.skip(3), ops.take(1)).subscribe(lambda _: wf.stop())
+    run_checked(wf)
+    assert snaps.completed == 1 and events.completed == 1
+    assert statuses(snaps.items[-1]) == {"done"}
+    final = snaps.items[-1]["streams"]
+    assert 0 < final["sink"]["inputs"]["x"]["taken"] == final["paced"]["outputs"]["out"]["pushed"]
+    assert events.items[-1] == {"event": "status", "stream": "sink", "status": "done"}
+
+
+def test_an_inlet_paused_by_a_full_input_is_reported_under_its_step_name() -> None:
+    wf = Workflow(buffer_size=2)
+    inlet = wf.add_inlet("orders")
+    inlet.pipe(wf.add_stream(slow_sink(0.001)))
+    seen = watch_events(wf)
+
+    async def main() -> None:
+        async with wf.running():
+            for i in range(20):
+                await inlet.send(i)
+            inlet.close()
+
+    run_checked(main(), workflows=[wf])
+    pauses = [e for e in seen.items if e["event"] == "paused"]
+    assert pauses and all(e["stream"] == "orders" and e["target"] == "sink.x" for e in pauses)
+    assert seen.completed == 1
