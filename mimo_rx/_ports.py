@@ -551,15 +551,23 @@ class Output(Subject[T]):
             waiter: asyncio.Future[None] = loop.create_future()
             full._producers.append(waiter)
             parked = self._rt.park("push()", self, waiter)
+            events = self._rt.events  # workflow.events: None while nobody listens
+            if events is not None:
+                event = {"stream": self.stream_name, "output": self.name}
+                event["target"] = f"{full.stream_name}.{full.name}"
+                events({"event": "paused", **event})
             started = time.perf_counter()
             try:
                 await waiter
             finally:
-                full.paused_s += time.perf_counter() - started
+                paused = time.perf_counter() - started
+                full.paused_s += paused
                 if parked is not None:
                     self._rt.unpark(parked)
                 if not waiter.done():  # cancelled: do not leave a dead waiter behind
                     full._producers.remove(waiter)
+                if events is not None:  # also when cancelled: every pause ends
+                    events({"event": "resumed", **event, "paused_s": round(paused, 6)})
 
     @property
     def abandoned(self) -> bool:

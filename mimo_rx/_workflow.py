@@ -27,6 +27,7 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowError,
 )
+from ._metrics import Watch
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
 from ._signals import TerminationSignals, wake_loop_on_signals
@@ -59,8 +60,21 @@ class Step:
         self.workflow = workflow
         self.stream = stream
         self.name = name
-        self.status = "pending"
+        self._status = "pending"
         self.error: BaseException | None = None
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``running``, ``done``, ``failed`` or ``cancelled``."""
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if value != self._status:
+            self._status = value
+            emit = self.workflow._watch.emit  # None unless workflow.events has a subscriber
+            if emit is not None:
+                emit({"event": "status", "stream": self.name, "status": value})
 
     def pipe(
         self,
@@ -113,6 +127,7 @@ class Workflow:
         self._tasks: list[asyncio.Task[None]] = []  # the stream tasks of the run
         self._run: _Run | None = None  # the active run, between start() and its end
         self._begun: asyncio.Event | None = None
+        self._watch = Watch(self)  # metrics() and events
 
     # -- building ------------------------------------------------------------------------
 
@@ -300,6 +315,28 @@ class Workflow:
                 },
             }
         return {"streams": streams}
+
+    def metrics(self, interval: float = 1.0) -> Observable[dict[str, Any]]:
+        """An Observable of ``stats()`` snapshots, each with ``"elapsed_s"`` (seconds since
+        the run started): one when the run starts, one every ``interval`` seconds while it
+        runs, a final one when it ends (also when it fails or is cancelled), then
+        ``on_completed``. Subscribed during the run, the first snapshot comes at once;
+        subscribed after the run, only the final one. Emitted on the run's event loop.
+
+        Raises:
+            ConfigError: ``interval`` is not a positive number of seconds.
+        """
+        return self._watch.metrics(interval)
+
+    @property
+    def events(self) -> Observable[dict[str, Any]]:
+        """An Observable of the run's transitions, JSON-serialisable dicts emitted on the loop:
+        ``{"event": "status", "stream", "status"}``, ``{"event": "paused", "stream",
+        "output", "target"}`` and ``{"event": "resumed", ..., "paused_s"}`` around each pause
+        of a producer by a full input, ``{"event": "failure", "stream", "error"}`` for each
+        failure a stream resumes from. It completes when the run ends (at once for a
+        subscriber that joins after that). Free while nothing subscribes."""
+        return self._watch.events
 
     # -- running -------------------------------------------------------------------------
 
@@ -575,6 +612,8 @@ class _Run:
         self.remaining = len(steps)
         for step, _ in steps:
             step.stream._on_start()
+        watch = self.workflow._watch
+        watch.run_started(self.loop, [runtime for _, runtime in steps])
         untrack = track_spawned_tasks(self.loop)
         error: BaseException | None = None
         try:
@@ -586,6 +625,7 @@ class _Run:
             untrack()
             for step in self.workflow.steps:
                 step.stream._on_end(error)
+            watch.run_ended()  # every status is final: the last snapshot, then completion
 
     async def _supervise(self, steps: list[tuple[Step, StepRuntime]]) -> None:
         tasks: list[asyncio.Task[None]] = []

@@ -58,7 +58,14 @@ def test_web_service_self_test_gets_every_record_back_exactly_once(
 
 
 def test_every_example_has_a_test() -> None:
-    tested = {"quickstart", "merge_join", "sensor_alerts", "scale_out", "web_service"}
+    tested = {
+        "quickstart",
+        "merge_join",
+        "sensor_alerts",
+        "scale_out",
+        "web_service",
+        "metrics_endpoint",
+    }
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -74,3 +81,31 @@ def test_scale_out_runs_the_heavy_stage_on_worker_processes_in_input_order() -> 
     )
     assert "64/64" in result.stdout
     assert "in input order" in result.stdout
+
+
+def test_metrics_endpoint_serves_prometheus_metrics_while_it_runs_then_stops_on_its_own() -> None:
+    import re
+    import subprocess
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = re.fullmatch(r"serving (http://\S+/metrics)\n", process.stdout.readline())
+        assert url is not None
+        with urllib.request.urlopen(url.group(1), timeout=10) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert {"mimo_rx_input_paused_seconds", "mimo_rx_stream_status"} <= families
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    final = re.search(r"^final: (\d+) orders, (\d+) stored", rest, re.MULTILINE)
+    assert final is not None and final.group(1) == final.group(2) != "0", rest
