@@ -439,14 +439,14 @@ async def running(workflow: Workflow, progress: bool = False) -> AsyncIterator[W
     except BaseException:
         await _cancel_and_wait(run)  # nothing is left to release: the run is over
         raise
-    _release_outlets(workflow)
-    for step in workflow.steps:
-        if isinstance(step, Inlet):
-            step.close()
     try:
+        _release_outlets(workflow)
+        for step in workflow.steps:
+            if isinstance(step, Inlet):
+                step.close()
         await asyncio.shield(run)
-    except asyncio.CancelledError:
-        if not run.done():  # we were cancelled while the run drained: cancel it, wait for it
+    except BaseException:
+        if not run.done():  # e.g. we were cancelled while the run drained: no task left
             await _cancel_and_wait(run)
         raise
 
