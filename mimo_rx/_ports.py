@@ -30,9 +30,11 @@ Design rules (after trio's channels):
 from __future__ import annotations
 
 import asyncio
+import itertools
+import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
 from reactivex import abc as rx_abc
@@ -134,6 +136,63 @@ class Input(Generic[T]):
         if not self._items:
             await self._wait_for_item("peek()")
         return self._items[0]
+
+    async def pop_many(self, max_items: int | None = None) -> list[T]:
+        """Remove and return the buffered items, in order, waiting while there are none.
+
+        One call takes what a buffer-full of ``pop()`` calls would, at the cost of one: for
+        code that handles items in bulk. Like ``pop()`` it takes nothing until the wait is
+        over, so a cancelled call loses no item.
+
+        Args:
+            max_items: take at most this many (the oldest first); ``None`` takes them all.
+
+        Returns:
+            A non-empty list of items.
+
+        Raises:
+            ConfigError: ``max_items`` is not an integer >= 1 (or ``None``).
+            EndOfStream: the input is closed (every upstream closed) and nothing is buffered.
+        """
+        if max_items is not None:
+            self._check_max_items(max_items, "pop_many")
+        if not self._items:
+            await self._wait_for_item("pop_many()")
+        return self._take_batch(max_items)
+
+    def batches(self, max_items: int | None = None) -> Batches[T]:
+        """Iterate lists of items until end of stream: ``async for batch in ins.x.batches():``.
+
+        Each step is ``await pop_many(max_items)``. The iterator is a plain object (no task,
+        no async generator to finalise), so leaving the loop early needs no clean-up.
+
+        Raises:
+            ConfigError: ``max_items`` is not an integer >= 1 (or ``None``), at the call.
+        """
+        if max_items is not None:
+            self._check_max_items(max_items, "batches")
+        return Batches(self, max_items)
+
+    def _check_max_items(self, max_items: object, method: str) -> None:
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ConfigError(
+                f"{method}(max_items={max_items!r}) on input {self.name!r} of stream "
+                f"{self.stream_name!r}: max_items must be an integer >= 1, or None to take "
+                "everything buffered"
+            )
+
+    def _take_batch(self, max_items: int | None) -> list[T]:
+        """Take up to ``max_items`` buffered items (all when ``None``); some are buffered."""
+        items = self._items
+        if max_items is None or max_items >= len(items):
+            batch = list(items)
+            items.clear()
+        else:
+            popleft = items.popleft
+            batch = [popleft() for _ in range(max_items)]
+        if self._producers and len(items) <= self._low:
+            self._release_producers()
+        return batch
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -354,6 +413,28 @@ class Input(Generic[T]):
         self._rt = runtime
 
 
+class Batches(Generic[T]):
+    """The async iterator ``Input.batches()`` returns: lists of items until end of stream."""
+
+    __slots__ = ("_max_items", "_port")
+
+    def __init__(self, port: Input[T], max_items: int | None) -> None:
+        self._port = port
+        self._max_items = max_items
+
+    def __aiter__(self) -> Batches[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        port = self._port
+        if not port._items:
+            try:
+                await port._wait_for_item("batches()")
+            except EndOfStream:
+                raise StopAsyncIteration from None
+        return port._take_batch(self._max_items)
+
+
 class AnyInput:
     """Several inputs waited on together (a step function or an Rx operator stream)."""
 
@@ -391,6 +472,38 @@ class _DiscardSink(deque[T]):
 
     def __bool__(self) -> bool:
         return False
+
+
+class _ListChunks(Generic[T]):
+    """Successive slices of a list (the list itself when one chunk takes all of it)."""
+
+    __slots__ = ("_items", "_start")
+
+    def __init__(self, items: list[T]) -> None:
+        self._items = items
+        self._start = 0
+
+    def take(self, room: int) -> list[T]:
+        """The next ``room`` items (fewer at the end)."""
+        start, items = self._start, self._items
+        if start == 0 and room >= len(items):
+            self._start = len(items)
+            return items  # delivering copies it: no slice needed
+        self._start = start + room
+        return items[start : start + room]
+
+
+class _IterChunks(Generic[T]):
+    """Successive chunks pulled from an iterator, each only once there is room for it."""
+
+    __slots__ = ("_iterator",)
+
+    def __init__(self, iterator: Iterator[T]) -> None:
+        self._iterator = iterator
+
+    def take(self, room: int) -> list[T]:
+        """The next ``room`` items (fewer at the end)."""
+        return list(itertools.islice(self._iterator, room))
 
 
 class Output(Subject[T]):
@@ -475,19 +588,44 @@ class Output(Subject[T]):
         """How many items every connected input can take right now without waiting."""
         return min((t.threshold - len(t._items) for t in self.targets), default=DEFAULT_BUFFER_SIZE)
 
-    async def _push_many(self, items: list[T]) -> None:
-        """Push ``items`` in order, delivering as many at a time as every input has room for."""
+    async def push_many(self, items: Iterable[T]) -> bool:
+        """Push the items of ``items`` in order, as successive ``push`` calls would.
+
+        Every connected input gets every item and Rx subscribers see each one; no buffer
+        holds more than its threshold because of it. The items go out in chunks as large as
+        every connected input has room for, so the call suspends only when an input is full.
+        An iterable that is not a list is pulled only as far as there is room, never ahead.
+
+        Cancelled, it has delivered a prefix of the items, each to every connected input,
+        and no item twice: a chunk is pulled only once there is room for it, and delivered
+        to all inputs without suspending.
+
+        Returns:
+            ``True`` once every item is accepted.
+
+        Raises:
+            ClosedError: the output was closed before.
+        """
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
+        chunks: _ListChunks[T] | _IterChunks[T] = (
+            _ListChunks(items) if isinstance(items, list) else _IterChunks(iter(items))
+        )
         targets = self.targets
-        start, end = 0, len(items)
-        while start < end:
-            room = self._room() if targets else end - start
+        while True:
+            target = self._fast_target  # one input, no Rx subscriber: skip the general case
+            if target is not None:
+                room = target.threshold - len(target._items)
+            elif targets:
+                room = self._room()
+            else:
+                room = sys.maxsize  # no input: nothing limits a chunk
             if room <= 0:
                 await self._wait_for_room()
                 continue
-            chunk = items[start : start + room]
-            start += len(chunk)
+            chunk = chunks.take(room)
+            if not chunk:
+                return True
             self.pushed += len(chunk)
             for target in targets:
                 target._deliver_many(chunk)
