@@ -492,18 +492,35 @@ class _ListChunks(Generic[T]):
         self._start = start + room
         return items[start : start + room]
 
+    def exhausted(self) -> bool:
+        return self._start >= len(self._items)
+
 
 class _IterChunks(Generic[T]):
-    """Successive chunks pulled from an iterator, each only once there is room for it."""
+    """Successive chunks pulled from an iterator, each only once there is room for it.
 
-    __slots__ = ("_iterator",)
+    ``exhausted`` pulls one item ahead (the item a ``for`` loop of pushes would be waiting
+    to push), so that a call whose last chunk filled a buffer returns instead of waiting.
+    """
+
+    __slots__ = ("_ahead", "_iterator")
 
     def __init__(self, iterator: Iterator[T]) -> None:
         self._iterator = iterator
+        self._ahead: list[T] = []
 
     def take(self, room: int) -> list[T]:
         """The next ``room`` items (fewer at the end)."""
+        if self._ahead:
+            chunk, self._ahead = self._ahead, []
+            chunk.extend(itertools.islice(self._iterator, room - 1))
+            return chunk
         return list(itertools.islice(self._iterator, room))
+
+    def exhausted(self) -> bool:
+        if not self._ahead:
+            self._ahead = list(itertools.islice(self._iterator, 1))
+        return not self._ahead
 
 
 class Output(Subject[T]):
@@ -621,6 +638,8 @@ class Output(Subject[T]):
             else:
                 room = sys.maxsize  # no input: nothing limits a chunk
             if room <= 0:
+                if chunks.exhausted():  # return as the last push would, without waiting
+                    return True
                 await self._wait_for_room()
                 continue
             chunk = chunks.take(room)
