@@ -23,7 +23,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # mimo_rx from the repo, bench mod
 import workloads as wl  # noqa: E402
 from timing import run_cases, timeout_for  # noqa: E402
 
-WORKLOADS = {w.key: w for w in (wl.W1, wl.W2, wl.W3)}
+WORKLOADS = {w.key: w for w in (wl.W1, wl.W1_BATCH, wl.W2, wl.W3)}
 
 
 def main() -> int:
