@@ -34,7 +34,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from reactivex import abc as rx_abc
@@ -312,7 +312,7 @@ class Input(Generic[T]):
         self._items.append(item)
         self._arrived()
 
-    def _deliver_many(self, items: list[T]) -> None:
+    def _deliver_many(self, items: Sequence[T]) -> None:
         """Buffer several items at once; the caller has checked there is room."""
         self._items.extend(items)
         self._arrived()
@@ -474,16 +474,16 @@ class _DiscardSink(deque[T]):
         return False
 
 
-class _ListChunks(Generic[T]):
-    """Successive slices of a list (the list itself when one chunk takes all of it)."""
+class _SliceChunks(Generic[T]):
+    """Successive slices of a list, tuple or range (all of it when one chunk takes it all)."""
 
     __slots__ = ("_items", "_start")
 
-    def __init__(self, items: list[T]) -> None:
+    def __init__(self, items: Sequence[T]) -> None:
         self._items = items
         self._start = 0
 
-    def take(self, room: int) -> list[T]:
+    def take(self, room: int) -> Sequence[T]:
         """The next ``room`` items (fewer at the end)."""
         start, items = self._start, self._items
         if start == 0 and room >= len(items):
@@ -611,7 +611,8 @@ class Output(Subject[T]):
         Every connected input gets every item and Rx subscribers see each one; no buffer
         holds more than its threshold because of it. The items go out in chunks as large as
         every connected input has room for, so the call suspends only when an input is full.
-        An iterable that is not a list is pulled only as far as there is room, never ahead.
+        Other iterables than a list, tuple or range are pulled only as far as there is room
+        (plus the one item a loop of ``push`` calls would be holding while it waits).
 
         Cancelled, it has delivered a prefix of the items, each to every connected input,
         and no item twice: a chunk is pulled only once there is room for it, and delivered
@@ -625,8 +626,10 @@ class Output(Subject[T]):
         """
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
-        chunks: _ListChunks[T] | _IterChunks[T] = (
-            _ListChunks(items) if isinstance(items, list) else _IterChunks(iter(items))
+        chunks: _SliceChunks[T] | _IterChunks[T] = (
+            _SliceChunks(items)
+            if isinstance(items, list | tuple | range)  # slicing them is cheaper than islice
+            else _IterChunks(iter(items))
         )
         targets = self.targets
         while True:
