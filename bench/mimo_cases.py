@@ -360,6 +360,28 @@ async def w6_streams(n: int) -> Measured:
     return acc.result
 
 
+async def w6_stream_operators(n: int) -> Measured:
+    """The paced source stream of `w6_streams` -> operator(map) -> operator(filter) ->
+    operator(map) -> sink stream: the operator stages without a hot source in front."""
+    from reactivex import operators as ops
+
+    from mimo_rx import Workflow, operator
+
+    acc = LatencyAcc()
+    wf = Workflow()
+    src = wf.add_stream(paced_source(n))
+    chain(
+        wf,
+        src,
+        operator(ops.map(ev_inc)),
+        operator(ops.filter(ev_is_even)),
+        operator(ops.map(ev_dbl)),
+        sink_stream(acc),
+    )
+    await wf.start()
+    return acc.result
+
+
 async def w6_operators(n: int) -> Measured:
     """A hot source (a Subject fed by a paced task on the loop) -> operator(map) ->
     operator(filter) -> operator(map) -> sink stream."""

@@ -226,6 +226,12 @@ W6 = Workload(
         Case(AIOSTREAM, peers.w6_aiostream, "aiostream", note=peers.W6_AIOSTREAM_NOTE),
         Case(M_STREAMS, mimo.w6_streams, "mimo_rx", note="a paced source stream, async stages"),
         Case(
+            M_OPERATORS,
+            mimo.w6_stream_operators,
+            "mimo_rx",
+            note="the paced source stream -> operator() stages (no hot source in front)",
+        ),
+        Case(
             M_HOT,
             mimo.w6_operators,
             "mimo_rx",
