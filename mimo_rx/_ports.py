@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -633,13 +632,10 @@ class Output(Subject[T]):
         )
         targets = self.targets
         while True:
-            target = self._fast_target  # one input, no Rx subscriber: skip the general case
-            if target is not None:
-                room = target.threshold - len(target._items)
-            elif targets:
-                room = self._room()
-            else:
-                room = sys.maxsize  # no input: nothing limits a chunk
+            # One input and no Rx subscriber: skip the general case. With no input at all,
+            # _room() makes chunks of DEFAULT_BUFFER_SIZE (for Rx subscribers).
+            target = self._fast_target
+            room = target.threshold - len(target._items) if target is not None else self._room()
             if room <= 0:
                 if chunks.exhausted():  # return as the last push would, without waiting
                     return True

@@ -433,6 +433,36 @@ def test_push_many_with_only_an_rx_subscriber_delivers_every_item_to_it():
     assert observer.items == list(range(5)) and observer.completed == 1
 
 
+@pytest.mark.timeout(20)
+def test_push_many_with_no_input_pulls_an_endless_iterator_a_chunk_at_a_time():
+    class Enough(Exception):
+        pass
+
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield pulled
+
+    def on_next(item: int) -> None:
+        if item == 2500:
+            raise Enough  # an exception in a subscriber fails the stream that pushed
+
+    async def produce(ins: Any, outs: Any, state: Any) -> None:
+        await outs.y.push_many(endless())
+
+    producer = Stream(outs=["y"], fn=produce, name="producer")
+    wf = Workflow()
+    wf.add_stream(producer)
+    producer.output("y").subscribe(on_next=on_next, on_error=lambda error: None)
+    with pytest.raises(mimo_rx.StreamError) as info:
+        run_checked(wf)
+    assert isinstance(info.value.__cause__, Enough)
+    assert 2500 <= pulled <= 2500 + 1024  # never more than a chunk ahead of the subscriber
+
+
 def test_push_many_after_close_raises_closed_error_naming_the_output():
     async def produce(ins: Any, outs: Any, state: Any) -> None:
         outs.y.close()
