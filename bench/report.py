@@ -194,7 +194,8 @@ def latency_section(
         f"### {w.key} {w.title}",
         "",
         f"n = {n:,} events paced at 20,000/s ({n // 2:,} reach the sink); latency = arrival at "
-        "the sink minus the emission time the event carries; each number is the median over "
+        "the sink minus the emission time the event carries (elapsed time, whatever the clock); "
+        "each number is the median over "
         f"{repeat} runs of that run's percentile, in microseconds (lower is better). "
         f"CPU share {cpu_share(outcomes)}",
         "",
