@@ -20,6 +20,10 @@ Design rules (after trio's channels):
   the buffer only after the wait is over, in the same step. A cancelled ``push`` delivers to no
   input at all: under fan-out it first waits until *every* connected input has room, then
   delivers to all of them without suspending.
+* **Batches follow the same rules.** ``pop_many``/``batches()`` wait like ``pop`` and take
+  what is buffered in one step; ``push_many`` delivers chunks as large as every connected input
+  has room for, each chunk to all inputs without suspending, so a cancelled call has delivered
+  a prefix (whole chunks) and nothing twice.
 * **Never silently lost.** Every item an input receives is taken, dropped by a policy the user
   chose, discarded because its stream finished, or still buffered:
   ``received == taken + dropped + discarded + len(buffer)``. Each item is counted once on
@@ -181,7 +185,8 @@ class Input(Generic[T]):
             )
 
     def _take_batch(self, max_items: int | None) -> list[T]:
-        """Take up to ``max_items`` buffered items (all when ``None``); some are buffered."""
+        """Take up to ``max_items`` buffered items (all when ``None``); the caller has waited
+        until at least one is buffered."""
         items = self._items
         if max_items is None or max_items >= len(items):
             batch = list(items)
