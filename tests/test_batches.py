@@ -5,6 +5,7 @@ cancellation, statistics, deadlock detection)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -271,6 +272,24 @@ def test_pop_many_waits_while_the_buffer_is_empty_and_wakes_for_the_next_push():
     wf.add_stream(Stream(outs=["y"], fn=produce)).pipe(wf.add_stream(Stream(["x"], fn=consume)))
     run_checked(wf)
     assert got == [[0], [1], [2]]
+
+
+def test_leaving_a_batches_loop_early_leaves_no_async_generator_or_task_behind():
+    async def consume(ins: Any, outs: Any, state: Any) -> None:
+        batches = ins.x.batches(2)
+        assert not inspect.isasyncgen(batches)
+        tasks = len(asyncio.all_tasks())
+        async for batch in batches:
+            state["first"] = batch
+            break
+        assert len(asyncio.all_tasks()) == tasks
+        state["rest"] = await ins.x.pop_many()
+
+    consumer = Stream(["x"], fn=consume, name="consumer")
+    wf = Workflow()
+    wf.add_stream(one_push_many([1, 2, 3])).pipe(wf.add_stream(consumer))
+    run_checked(wf)  # checks nothing was left pending or reported to the loop
+    assert consumer.state == {"first": [1, 2], "rest": [3]}
 
 
 def test_batches_on_an_input_closed_and_empty_ends_at_once():
