@@ -111,7 +111,7 @@ class InletStream(Stream):
         while True:
             batch = handoff.take_all()
             if batch:
-                await out._push_many([value for _, value in batch])
+                await out.push_many([value for _, value in batch])
                 continue
             if handoff.blocked and out._room() <= 0:
                 await out._wait_for_room()  # on behalf of the threads waiting in send_threadsafe
