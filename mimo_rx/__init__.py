@@ -18,9 +18,11 @@ from ._errors import (
     StreamError,
     WorkflowCancelled,
     WorkflowError,
+    WouldBlock,
 )
 from ._ports import Input, Output
 from ._rx import operator, rx_stream
+from ._service import Inlet, Outlet
 from ._stream import Stream
 from ._supervision import Failure
 from ._workflow import Step, Workflow
@@ -32,8 +34,10 @@ __all__ = [
     "DeadlockError",
     "EndOfStream",
     "Failure",
+    "Inlet",
     "Input",
     "MimoError",
+    "Outlet",
     "Output",
     "PipeError",
     "SourceOverflowError",
@@ -43,6 +47,7 @@ __all__ = [
     "Workflow",
     "WorkflowCancelled",
     "WorkflowError",
+    "WouldBlock",
     "map_stream",
     "operator",
     "rx_stream",

@@ -498,7 +498,7 @@ class RxStream(Stream):
             if len(value) > limit:
                 events.appendleft(("next", index, value[limit:]))
                 value = value[:limit]
-            await out._push_many(value)
+            await out.push_many(value)
         elif kind == "completed":
             outputs[index].close()
         elif isinstance(value, _StageFailed):  # resuming: raised outside _feed (a timer)

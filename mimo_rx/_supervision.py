@@ -42,8 +42,10 @@ ERRORS = "errors"  # the name of a resuming stream's hidden output
 
 
 class Failure:
-    """One failure a stream resumed from (``on_error="resume"``), as its ``errors`` output
-    carries it.
+    """One failure a stream resumed from, as its ``errors`` output carries it.
+
+    A stream with ``on_error="resume"`` sends one ``Failure`` on ``errors`` for each item
+    (or call) that failed for good, and goes on.
 
     Attributes:
         stream: the step name of the stream that raised (for a fused ``operator()`` chain,
@@ -172,18 +174,13 @@ class TrackedInput:
         return item
 
     async def pop_many(self, max_items: int | None = None) -> list[Any]:
-        items: list[Any] = await self._port.pop_many(max_items)  # type: ignore[attr-defined]
-        if items:
-            self._tracker.note(items[-1], self._port.name)
-            self._tracker.taken += len(items) - 1
+        items: list[Any] = await self._port.pop_many(max_items)
+        self._tracker.note(items[-1], self._port.name)
+        self._tracker.taken += len(items) - 1
         return items
 
-    async def batches(self, max_items: int | None = None) -> AsyncIterator[list[Any]]:
-        while True:
-            try:
-                yield await self.pop_many(max_items)
-            except EndOfStream:
-                return
+    def batches(self, max_items: int | None = None) -> _TrackedBatches:
+        return _TrackedBatches(self._port.batches(max_items), self)
 
     def __len__(self) -> int:
         return len(self._port)
@@ -193,6 +190,26 @@ class TrackedInput:
 
     def __repr__(self) -> str:
         return repr(self._port)
+
+
+class _TrackedBatches:
+    """``batches()`` of a :class:`TrackedInput`: the port's own iterator, recording takes."""
+
+    __slots__ = ("_batches", "_view")
+
+    def __init__(self, batches: AsyncIterator[list[Any]], view: TrackedInput) -> None:
+        self._batches = batches
+        self._view = view
+
+    def __aiter__(self) -> _TrackedBatches:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        batch = await self._batches.__anext__()
+        tracker = self._view._tracker
+        tracker.note(batch[-1], self._view._port.name)
+        tracker.taken += len(batch) - 1
+        return batch
 
 
 def tracked_sync_input_class() -> type[Any]:
