@@ -266,3 +266,23 @@ def test_switching_a_lossy_pipe_back_to_block_restores_back_pressure() -> None:
     assert sink.items == list(range(20))  # nothing dropped: the producer was paused instead
     assert input_stats(workflow, "sink", "x")["dropped"] == 0
     assert input_stats(workflow, "sink", "x")["peak_buffered"] <= 2
+
+
+def test_an_error_pipe_fed_by_a_hot_source_fails_the_run_not_the_emitter() -> None:
+    subject: reactivex.subject.Subject[int] = reactivex.subject.Subject()
+    gate = asyncio.Event()
+    workflow = Workflow(buffer_size=2)
+    src = workflow.add_source(subject, name="hot")
+    src.pipe(workflow.add_stream(LateReader(gate)), policy="error")
+
+    async def run() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        await yield_to_loop()  # start() has subscribed the source before its first await
+        for i in range(5):
+            subject.on_next(i)  # application code on the loop: must not raise here
+            await yield_to_loop()
+        with pytest.raises(BufferOverflowError) as info:
+            await task
+        assert isinstance(info.value, StreamError) and info.value.stream == "hot"
+
+    run_checked(run())
