@@ -781,29 +781,28 @@ def test_failure_has_a_readable_repr_and_compares_by_value() -> None:
     assert "Failure" in mimo_rx.__all__ and mimo_rx.Failure is Failure
 
 
-def test_each_failure_is_announced_to_the_runs_event_hook() -> None:
-    """The hook behind ``workflow.events`` (section 7): one "failure" event per failure. The
-    metrics work wires ``StepRuntime.events``; here the stream sets it on itself."""
+@pytest.mark.parametrize("fused", [False, True], ids=["map_stream", "fused operator"])
+def test_each_failure_is_a_failure_event_on_workflow_events(fused: bool) -> None:
+    workflow = Workflow()
     events: list[dict[str, Any]] = []
-
-    class Announcing(Stream):
-        IN = ["x"]
-        OUT = ["y"]
-
-        def __init__(self) -> None:
-            super().__init__(name="ann", on_error="resume")
-
-        async def run(self, ins: Any, outs: Any) -> None:
-            self._outputs["errors"]._rt.events = events.append
-            async for item in ins.x:
-                if item == 2:
-                    raise KeyError(item)
-                await outs.y.push(item)
-
-    workflow, sink, _, _ = with_dead_letters(Announcing(), [1, 2, 3])
+    workflow.events.subscribe(events.append)
+    head = workflow.add_source([1, 2, 3])
+    if fused:
+        a = workflow.add_stream(operator(ops.map(lambda x: x), name="a", on_error="resume"))
+        head = head.pipe(a)
+        stage = operator(ops.map(lambda x: 1 // (x - 2)), name="b", on_error="resume")
+    else:
+        stage = map_stream(lambda x: 1 // (x - 2), name="b", on_error="resume")
+    head.pipe(workflow.add_stream(stage)).pipe(workflow.add_stream(Collector()))
     run_checked(workflow)
-    assert sink.items == [1, 3]
-    assert events == [{"event": "failure", "stream": "ann", "error": "KeyError(2)"}]
+    failures = [e for e in events if e["event"] == "failure"]
+    assert failures == [
+        {
+            "event": "failure",
+            "stream": "b",
+            "error": "ZeroDivisionError('integer division or modulo by zero')",
+        }
+    ]
 
 
 def test_a_failure_swallowed_by_an_operator_that_catches_downstream_errors_still_resumes() -> None:
