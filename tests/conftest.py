@@ -21,3 +21,12 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# MIMO_RX_LOOP=uvloop runs every test on uvloop's event loop (``.ci/run`` does a second pass
+# with it): the harness and ``Workflow.run()`` make their loops through the policy.
+if os.environ.get("MIMO_RX_LOOP") == "uvloop":
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

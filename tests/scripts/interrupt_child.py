@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -158,6 +159,10 @@ def build(scenario: str) -> Workflow:
 
 
 def main() -> None:
+    if os.environ.get("MIMO_RX_LOOP") == "uvloop":  # the suite's second pass: uvloop here too
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     scenario = sys.argv[1]
     wf = build(scenario)
     try:
