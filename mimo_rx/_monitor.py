@@ -485,11 +485,14 @@ class Monitor:
 
     def _check(self) -> None:
         self._check_pending = False
-        if self._suspect is not None or self._closed or not self._analyse():
-            return
-        self._moves_at_suspicion = self.moves
-        loop = asyncio.get_running_loop()
-        self._suspect = loop.call_later(self.GRACE_S, self._confirm)
+        if self._suspect is None and not self._closed:
+            self._suspect_if_stuck()
+
+    def _suspect_if_stuck(self) -> None:
+        """First look: if some steps are deadlocked, confirm it ``GRACE_S`` later."""
+        if self._analyse():
+            self._moves_at_suspicion = self.moves
+            self._suspect = asyncio.get_running_loop().call_later(self.GRACE_S, self._confirm)
 
     def _confirm(self) -> None:
         self._suspect = None
@@ -497,7 +500,7 @@ class Monitor:
         if not steps:
             return
         if self.moves != self._moves_at_suspicion:
-            self._check()  # something moved meanwhile and is stuck again: look anew
+            self._suspect_if_stuck()  # something moved meanwhile and is stuck again: look anew
             return
         loop = asyncio.get_running_loop()
         due = earliest_timeout([task for rt in steps for task in rt.tasks()])
