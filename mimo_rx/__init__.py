@@ -18,9 +18,11 @@ from ._errors import (
     StreamError,
     WorkflowCancelled,
     WorkflowError,
+    WouldBlock,
 )
 from ._ports import Input, Output
 from ._rx import operator, rx_stream
+from ._service import Inlet, Outlet
 from ._stream import Stream
 from ._workflow import Step, Workflow
 
@@ -30,8 +32,10 @@ __all__ = [
     "ConfigError",
     "DeadlockError",
     "EndOfStream",
+    "Inlet",
     "Input",
     "MimoError",
+    "Outlet",
     "Output",
     "PipeError",
     "SourceOverflowError",
@@ -41,6 +45,7 @@ __all__ = [
     "Workflow",
     "WorkflowCancelled",
     "WorkflowError",
+    "WouldBlock",
     "map_stream",
     "operator",
     "rx_stream",

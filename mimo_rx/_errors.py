@@ -4,7 +4,8 @@
 
     MimoError                       base of everything below; catch this to catch them all
     ├── EndOfStream                 an input is closed and drained (a signal, not a fault)
-    ├── ClosedError                 push() on an output that was already closed
+    ├── ClosedError                 push() on a closed output, send() on a closed inlet
+    ├── WouldBlock                  inlet.send_nowait() could not deliver without waiting
     ├── ConfigError (ValueError)    a graph that is built wrong: bad port name, bad buffer size
     │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
     ├── WorkflowError (RuntimeError)  a workflow that cannot be run as asked
@@ -40,14 +41,29 @@ class EndOfStream(MimoError):
 
 
 class ClosedError(MimoError):
-    """The caller pushed to an output that it (or the end of its stream) had already closed."""
+    """The caller pushed to an output that it (or the end of its stream) had already closed,
+    or sent to an inlet that was closed or whose run has ended."""
 
-    def __init__(self, stream: str | None, port: str) -> None:
+    def __init__(self, stream: str | None, port: str, message: str | None = None) -> None:
         self.stream = stream
         self.port = port
         super().__init__(
-            f"output {port!r} of stream {stream!r} is closed; "
+            message
+            or f"output {port!r} of stream {stream!r} is closed; "
             "push every item before calling close() (or before run() returns)"
+        )
+
+
+class WouldBlock(MimoError):
+    """``inlet.send_nowait(item)`` could not deliver at once: a buffer it feeds is full, or the
+    run has not started. Nothing was delivered; ``await inlet.send(item)`` waits instead."""
+
+    def __init__(self, stream: str, port: str, reason: str) -> None:
+        self.stream = stream
+        self.port = port
+        super().__init__(
+            f"inlet {stream!r} cannot deliver to its output {port!r} without waiting: {reason}; "
+            "use 'await inlet.send(item)' to wait, or retry later"
         )
 
 

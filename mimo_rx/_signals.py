@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 # Signals whose Python handlers must run promptly; others keep their default per-thread fate.
 _INTERRUPTS = frozenset(
@@ -63,3 +64,46 @@ def block_signals_in_this_thread() -> None:
     """Leave interrupts to the main thread: the kernel then never delivers them here."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+
+
+class TerminationSignals:
+    """What ``run()`` does on SIGTERM: drain first, cancel on a second signal.
+
+    SIGTERM (what a container orchestrator sends before it kills) calls ``drain`` (the
+    workflow's ``stop()``). A second SIGTERM during the drain calls ``cancel`` and marks the
+    run as interrupted, so ``run()`` raises ``KeyboardInterrupt``. SIGINT keeps asyncio's own
+    handling (``asyncio.Runner`` cancels the run; ``run()`` raises ``KeyboardInterrupt``), also
+    during a drain. Installed in the main thread only; ``restore()`` puts back the previous
+    handler.
+    """
+
+    def __init__(self, drain: Callable[[], None], cancel: Callable[[], None]) -> None:
+        self.drain = drain
+        self.cancel = cancel
+        self.draining = False
+        self.interrupted = False
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        sigterm = getattr(signal, "SIGTERM", None)
+        if sigterm is None:
+            return
+        self._previous = signal.signal(sigterm, self._on_sigterm)
+        self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between two bytecodes: only thread-safe calls here.
+        if not self.draining:
+            self.draining = True
+            self.drain()
+        else:
+            self.interrupted = True
+            self.cancel()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, cast
 
 from reactivex import Observable
@@ -72,12 +72,17 @@ class IterableSource(Stream):
     def __init__(self, iterable: Iterable[Any], name: str) -> None:
         super().__init__(name=name)
         self.iterable = iterable
+        self._stopping = False
+
+    def _stop_source(self, cancel: Callable[[], None]) -> None:
+        self._stopping = True  # what was pulled is pushed; nothing more is pulled
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         out: Output[Any] = outs.out
         iterator = iter(self.iterable)
         try:
-            while not out.abandoned:  # stop pulling once every consumer has finished
+            # Stop pulling once every consumer has finished, or workflow.stop() was called.
+            while not out.abandoned and not self._stopping:
                 # Pull only what the downstream buffers have room for right now: never ahead.
                 batch = list(itertools.islice(iterator, max(out._room(), 1)))
                 if not batch:
@@ -97,13 +102,30 @@ class AsyncIterableSource(Stream):
     def __init__(self, iterable: AsyncIterable[Any], name: str) -> None:
         super().__init__(name=name)
         self.iterable = iterable
+        self._stopping = False
+        self._pulling = False  # awaiting the iterator's next item
+
+    def _stop_source(self, cancel: Callable[[], None]) -> None:
+        # Waiting for the next item: no item is lost by cancelling that wait. Pushing one:
+        # let it be delivered, then stop.
+        self._stopping = True
+        if self._pulling:
+            cancel()
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         iterator = aiter(self.iterable)
         out: Output[Any] = outs.out
         push = out.push
+        next_item = iterator.__anext__
         try:
-            async for item in iterator:
+            while not self._stopping:
+                self._pulling = True
+                try:
+                    item = await next_item()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self._pulling = False
                 await push(item)
                 if out.abandoned:
                     return  # every consumer finished: stop pulling
@@ -156,6 +178,13 @@ class ObservableSource(Stream):
         self._handoff: Handoff | None = None
         self._subscription: rx_abc.DisposableBase | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def _stop_source(self, cancel: Callable[[], None]) -> None:
+        # What is in the hand-off already is delivered; the observable is disposed after it.
+        self._stopping = True
+        if self._handoff is not None:
+            self._handoff.stop()
 
     def _on_start(self) -> None:
         """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
@@ -197,6 +226,8 @@ class ObservableSource(Stream):
             while True:
                 batch = handoff.take_all()
                 if not batch:
+                    if self._stopping:
+                        return
                     await handoff.wait(loop)
                     continue
                 for kind, value in batch:

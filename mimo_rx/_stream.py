@@ -191,6 +191,23 @@ class Stream:
     def _on_start(self) -> None:
         """Hook run synchronously when ``start()`` begins, before any stream task runs."""
 
+    def _on_end(self, error: BaseException | None) -> None:
+        """Hook run synchronously when the run has ended (``error``: how it failed, if so)."""
+
+    def _finish_inputs(self) -> None:
+        """The stream's task has ended: its inputs discard what is left and never block."""
+        for port in self._inputs.values():
+            port._finish()
+
+    def _stop_source(self, cancel: Callable[[], None]) -> None:
+        """``workflow.stop()`` on a stream without inputs: stop producing, gracefully.
+
+        By default the stream is cancelled at its current ``await`` (``cancel()``) and the
+        workflow treats that as a normal return. Sources that can stop between items without
+        losing one (iterables, observables, inlets) override this.
+        """
+        cancel()
+
     async def _execute(self) -> None:
         """Run the stream's body to completion (called by the workflow in the step's task)."""
         inputs = Ports(list(self._inputs.values()))

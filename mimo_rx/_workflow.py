@@ -9,8 +9,13 @@ unfinished output then receives a terminal ``on_error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from reactivex import Observable
 
 from ._errors import (
     BufferOverflowError,
@@ -24,11 +29,16 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
-from ._signals import wake_loop_on_signals
+from ._signals import TerminationSignals, wake_loop_on_signals
 from ._stream import FusedStageError, Stream, UserStopIteration
+
+if TYPE_CHECKING:
+    from ._service import Inlet, Outlet
 
 # How long cancelled streams get to finish before the run gives up on them (default).
 CANCEL_TIMEOUT_S = 5.0
+
+S = TypeVar("S", bound="Step")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,8 @@ class Workflow:
         self._started = False
         self._run_state = "pending"
         self._tasks: list[asyncio.Task[None]] = []  # the stream tasks of the run
+        self._run: _Run | None = None  # the active run, between start() and its end
+        self._begun: asyncio.Event | None = None
 
     # -- building ------------------------------------------------------------------------
 
@@ -115,12 +127,15 @@ class Workflow:
                 f"add_stream() takes a mimo_rx.Stream, not {type(stream).__name__}; "
                 "wrap functions with Stream(fn=...) or use add_source() for iterables"
             )
+        return self._add(stream, Step)
+
+    def _add(self, stream: Stream, step_type: type[S]) -> S:
         if any(step.stream is stream for step in self.steps):
             raise ConfigError(
                 f"stream {stream.name!r} is already in this workflow; create a second "
                 "Stream object to run the same logic twice"
             )
-        step = Step(self, stream, self._unique_name(stream.name))
+        step = step_type(self, stream, self._unique_name(stream.name))
         for inp in stream._inputs.values():
             inp.stream_name = step.name
         for out in stream._outputs.values():
@@ -217,6 +232,28 @@ class Workflow:
 
         return self.add_stream(make_source(source, name=name, policy=policy))
 
+    def add_inlet(self, name: str | None = None) -> Inlet:
+        """Add an inlet: a step (default name ``inlet``) with one output ``out``, fed by
+        application code with ``await inlet.send(item)``, ``inlet.send_nowait(item)`` or, from
+        other threads, ``inlet.send_threadsafe(item)``. The run does not complete while an
+        inlet is open: ``inlet.close()`` ends it (``running()`` closes it on exit)."""
+        from ._service import Inlet, InletStream
+
+        return self._add(InletStream(name or "inlet"), Inlet)
+
+    def add_outlet(self, name: str | None = None, buffer_size: int | None = None) -> Outlet:
+        """Add an outlet: a step (default name ``outlet``) with one input ``x``, read by
+        application code with ``await outlet.receive()`` or ``async for item in outlet``.
+
+        Its buffer is bounded like any input (``buffer_size``, else the workflow's): a
+        producer is paused while the application does not read.
+        """
+        from ._service import Outlet, OutletStream
+
+        if buffer_size is not None:
+            check_buffer_size(buffer_size, f"outlet {name or 'outlet'!r}")
+        return self._add(OutletStream(name or "outlet", buffer_size), Outlet)
+
     # -- describing ----------------------------------------------------------------------
 
     def to_mermaid(self) -> str:
@@ -266,6 +303,10 @@ class Workflow:
     def run(self, progress: bool = False) -> None:
         """Run the workflow to the end, blocking; returns when every stream is done.
 
+        SIGTERM drains the run (``stop()``) and ``run()`` then returns normally; SIGINT (Ctrl-C)
+        cancels it; a second signal of either kind during a drain cancels it. Both then raise
+        ``KeyboardInterrupt``. The previous signal handlers are restored on return.
+
         Raises:
             WorkflowError: called from inside a running event loop (use ``await start()``),
                 the graph is invalid, or the workflow already ran.
@@ -283,9 +324,16 @@ class Workflow:
             )
         runner = asyncio.Runner()  # as asyncio.run, with a bounded close (see _close_runner)
         unwake = wake_loop_on_signals(runner.get_loop())
+        signals = TerminationSignals(drain=self.stop, cancel=self.cancel)
+        signals.install()
         try:
             runner.run(self.start(progress=progress))
+        except WorkflowCancelled as exc:
+            if signals.interrupted:  # a second SIGTERM during the drain
+                raise KeyboardInterrupt from exc
+            raise
         finally:
+            signals.restore()
             try:
                 _close_runner(runner, self)
             finally:
@@ -308,11 +356,65 @@ class Workflow:
             from ._progress import start_progress
 
             display = start_progress(self)
+        run = _Run(self)
+        self._run = run
         try:
-            await _Run(self).run()
+            await run.run()
         finally:
+            self._run = None
             if display is not None:
                 await display.stop()
+
+    def running(self, progress: bool = False) -> AbstractAsyncContextManager[Workflow]:
+        """``async with workflow.running():`` runs the workflow as a task of the current loop
+        while the body runs.
+
+        The body begins once every source is subscribed and every stream has started. When
+        the body ends normally, every inlet still open is closed and the run is awaited; its
+        error, if any, is raised here. When the body raises, the run is cancelled (no task is
+        left) and the body's exception propagates. Once the body has ended, outlets no longer
+        pause their producers: an item arriving at a full outlet is discarded and counted.
+        """
+        from ._service import running
+
+        return running(self, progress)
+
+    def stop(self) -> None:
+        """End the run gracefully: sources stop, what is inside flows on to the end.
+
+        Iterables are no longer pulled, observables are disposed, inlets are closed, and
+        streams without inputs are cancelled at their current ``await`` and their outputs
+        closed as if they had returned (their status is ``done``). Every item a source
+        produced, pulled or was sent reaches the inputs it feeds, and ``start()`` returns
+        normally. Safe from any thread, a signal handler or a stream; calling it twice, or
+        when no run is active, does nothing.
+        """
+        run = self._run
+        if run is not None:
+            run.call_soon(run.graceful_stop)
+
+    def cancel(self) -> None:
+        """Abort the run: every stream is cancelled, no task is left, Rx subscribers get
+        ``on_error(WorkflowCancelled)`` and ``start()`` raises ``WorkflowCancelled``. Safe from
+        any thread; does nothing when no run is active."""
+        run = self._run
+        if run is not None:
+            run.call_soon(run.cancel)
+
+    def as_observable(self) -> Observable[Any]:
+        """The workflow as a cold ``reactivex.Observable``: subscribing (on the thread of a
+        running event loop) starts a run on that loop; it emits nothing, completes when the
+        run completes and errors with what ``start()`` would raise. Disposing the
+        subscription cancels the run."""
+        from ._service import as_observable
+
+        return as_observable(self)
+
+    def _begun_event(self) -> asyncio.Event:
+        """Set once the run's streams have all started (what ``running()`` waits for)."""
+        if self._begun is None:
+            self._begun = asyncio.Event()
+        return self._begun
 
     def _validate(self) -> None:
         fed = {(p.target, p.input) for p in self.pipes}
@@ -361,7 +463,37 @@ class _Run:
         self.deadlock: DeadlockError | None = None
         self.failures: list[StreamError] = []
         self.remaining = 0
+        self.begun = 0  # step tasks that have started
         self.chains: dict[Step, list[Step]] = {}
+        self.stopping = False  # workflow.stop(): sources stop, the rest drains
+        self.graceful: set[Step] = set()  # sources cancelled by stop(): that is their return
+        self.cancelled = False  # workflow.cancel()
+        self.tasks: dict[Step, asyncio.Task[None]] = {}
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the run's loop soon (from any thread or a signal handler)."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
+            self.loop.call_soon_threadsafe(callback)
+
+    def graceful_stop(self) -> None:
+        if self.stopping or self.stop.done():
+            return
+        self.stopping = True
+        for step, task in self.tasks.items():
+            if step.stream.ins or task.done():
+                continue
+
+            def cancel(step: Step = step, task: asyncio.Task[None] = task) -> None:
+                if not task.done():
+                    self.graceful.add(step)
+                    task.cancel()
+
+            step.stream._stop_source(cancel)
+
+    def cancel(self) -> None:
+        if not self.stop.done():
+            self.cancelled = True
+            self._stop()
 
     def _plan_fusion(self) -> dict[Step, list[Step]]:
         """Find chains of adjacent fusable streams (``operator()`` stages); head -> followers.
@@ -444,10 +576,16 @@ class _Run:
         for step, _ in steps:
             step.stream._on_start()
         untrack = track_spawned_tasks(self.loop)
+        error: BaseException | None = None
         try:
             await self._supervise(steps)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             untrack()
+            for step in self.workflow.steps:
+                step.stream._on_end(error)
 
     async def _supervise(self, steps: list[tuple[Step, StepRuntime]]) -> None:
         tasks: list[asyncio.Task[None]] = []
@@ -455,9 +593,11 @@ class _Run:
             task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
             runtime.task = task
             tasks.append(task)
+            self.tasks[step] = task
         self.workflow._tasks = tasks
         self.workflow._run_state = "running"
         if not tasks:
+            self.workflow._begun_event().set()
             self.workflow._run_state = "done"
             return
         try:
@@ -467,6 +607,9 @@ class _Run:
             raise
         finally:
             self.monitor.close()
+        if self.cancelled:
+            await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
+            raise WorkflowCancelled()
         if self.deadlock is not None:
             await self._shutdown(tasks, self.deadlock, "failed")
             _attach_others(self.deadlock, self.failures)
@@ -484,8 +627,19 @@ class _Run:
         group = [step, *self.chains.get(step, [])]  # the step and any fused behind it
         for member in group:
             member.status = "running"
+        self.begun += 1
+        if self.begun == len(self.tasks):
+            self.workflow._begun_event().set()
         try:
-            await step.stream._execute()
+            try:
+                await step.stream._execute()
+            except asyncio.CancelledError:
+                if step not in self.graceful or self.stop.done():
+                    raise
+                # workflow.stop() cancelled this source: that is how it returns.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
             # Closing notifies Rx subscribers, whose errors are this stream's failure.
             for member in group:
                 for out in member.stream._outputs.values():
@@ -508,8 +662,7 @@ class _Run:
                 member.status = "done"
         finally:
             for member in group:
-                for inp in member.stream._inputs.values():
-                    inp._finish()
+                member.stream._finish_inputs()
             self.monitor.finished(runtime)
             self.remaining -= 1
             if self.remaining == 0:
