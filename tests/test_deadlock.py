@@ -8,7 +8,15 @@ import time
 from typing import Any
 
 import pytest
-from harness import Collector, RecordingObserver, linear, run_checked, source, yield_to_loop
+from harness import (
+    Collector,
+    RecordingObserver,
+    linear,
+    mapper,
+    run_checked,
+    source,
+    yield_to_loop,
+)
 from reactivex import operators as ops
 
 import mimo_rx
@@ -655,3 +663,46 @@ def test_a_deadlock_beside_an_open_inlet_is_reported_naming_only_the_deadlocked_
     message = str(info.value)
     assert_names(message, "'producer'", "'consumer'")
     assert "inlet" not in message  # waiting on an inlet is not part of the deadlock
+
+
+def test_a_deadlock_beside_an_open_inlet_reaches_the_application_reading_an_outlet():
+    wf = size_then_item()
+    inlet = wf.add_inlet("orders")
+    outlet = wf.add_outlet("results")
+    inlet.pipe(wf.add_stream(mapper(str, name="pricing"))).pipe(outlet)
+
+    async def main():
+        run = asyncio.get_running_loop().create_task(wf.start())
+        with pytest.raises(DeadlockError):
+            await bounded(outlet.receive())  # nothing was sent: only the deadlock ends this
+        with pytest.raises(DeadlockError) as info:
+            await run
+        return str(info.value)
+
+    message = run_checked(main(), workflows=[wf])
+    assert_names(message, "'producer'", "'consumer'")
+    assert "pricing" not in message and "orders" not in message
+
+
+def test_streams_waiting_on_an_inlet_and_an_outlet_served_later_are_not_deadlocked():
+    wf = Workflow(buffer_size=2)
+    inlet = wf.add_inlet("orders")
+    outlet = wf.add_outlet("results")
+    inlet.pipe(wf.add_stream(mapper(lambda n: n * 10, name="pricing"))).pipe(outlet)
+    numbers = wf.add_outlet("numbers")
+    wf.add_stream(source(range(10), name="counter")).pipe(numbers)  # paused: numbers is full
+
+    async def main():
+        run = asyncio.get_running_loop().create_task(wf.start())
+        await asyncio.sleep(0.3)  # the application is busy elsewhere, well past the grace
+        for i in range(5):
+            await inlet.send(i)
+        inlet.close()
+        results = [item async for item in outlet]
+        counted = [item async for item in numbers]
+        await run
+        return results, counted
+
+    results, counted = run_checked(main(), workflows=[wf])
+    assert results == [0, 10, 20, 30, 40]
+    assert counted == list(range(10))
