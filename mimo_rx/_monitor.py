@@ -19,18 +19,22 @@ Design (contract section 9: the verdict depends only on the workflow's own tasks
   and the TaskGroup's done-callback on its tasks, defensively: whatever is not recognised can
   move. A step is stuck when its own task and every live helper are, and no library work runs
   on its behalf (``busy``: Rx timers, executor jobs).
-* **Wait-for analysis.** When every non-external step is stuck, the candidates are those
-  steps; a candidate whose wait can be ended by a step that is not a candidate is removed (an
-  empty input: any step feeding it through an open output; a full input being pushed into:
-  its consumer; several inputs at once: any feeder of any of them), to a fixed point. What
-  remains is a deadlock among exactly those steps; the rest (waiting on an inlet, an outlet,
-  or a step that is busy elsewhere) is not named.
+* **Wait-for analysis**, so that an open inlet (which can always send) or an outlet (which
+  the application may read at any time) neither is a deadlock nor hides one elsewhere. When
+  every non-external step is stuck, those steps are the candidates. A candidate is removed
+  when a step that is not a candidate can end one of its waits: a pop on an empty input ends
+  when any step feeding it through an open output moves; a push ends when the consumers of
+  all the full inputs it waits for move; a wait on several inputs ends when any feeder of any
+  of them moves. Repeated to a fixed point, what remains is a deadlock among exactly those
+  steps, and only they are named (not the ones waiting on an inlet or an outlet).
 * **Timers of the workflow's own tasks.** A parked wait inside an entered ``asyncio.timeout``
   (which ``wait_for`` also uses from Python 3.12) ends when the timeout fires. Those timeouts
   are found only when a verdict is about to be given, by ``gc.get_referrers`` on the
   deadlocked steps' tasks (an ``asyncio.Timeout`` holds its task): the verdict then waits for
   the earliest deadline and looks again. Never per item, never per park: the scan of the heap
-  happens once per suspected deadlock.
+  happens once per confirmation of a suspected deadlock, which is rare, whereas recording
+  timeouts when a task parks would cost a lookup per pause. The caller's own timeout is never
+  found, because the caller's task is not a task of the workflow.
 * **When to look.** A look is scheduled ``CHECK_DELAY_S`` after a park (or a step ending, or
   library work ending) when every live step might be stuck: parked, external, or a step with
   helpers (its own task may be awaiting them). At most one look is pending at a time, so the
