@@ -13,10 +13,25 @@ turns any exception into an error cell.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from common import Acc, add_pair, dbl, inc, is_even, tpl
+from common import (
+    Acc,
+    Event,
+    LatencyAcc,
+    Measured,
+    Pacer,
+    add_pair,
+    dbl,
+    ev_dbl,
+    ev_inc,
+    ev_is_even,
+    inc,
+    is_even,
+    tpl,
+)
 from peers import ItemAcc, w3_sources, w4_items
 
 # --- building blocks ----------------------------------------------------------------------
@@ -247,4 +262,163 @@ async def w4_source(n: int) -> tuple[int, int, int]:
     wf = Workflow()
     wf.add_source(w4_items(n)).pipe(wf.add_stream(slow_sink_stream(acc)))
     await wf.start()
+    return acc.result
+
+
+# --- W1-batch: W1 written with batches() and push_many -------------------------------------
+
+
+def batch_source(items: Iterable[Any]) -> Any:
+    """A stream with one output `out` that pushes all of `items` with one push_many."""
+    from mimo_rx import Stream
+
+    async def source(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        await outs.out.push_many(state["items"])
+
+    return Stream(outs=["out"], fn=source, state={"items": items})
+
+
+def batch_map(f: Callable[[Any], Any]) -> Any:
+    """`x -> y` taking a batch at a time and pushing `f` of each item with one push_many."""
+    from mimo_rx import Stream
+
+    async def stage(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        push_many = outs.y.push_many
+        async for batch in ins.x.batches():
+            await push_many([f(x) for x in batch])
+
+    stage.__name__ = f"map_{f.__name__}"
+    return Stream(ins=["x"], outs=["y"], fn=stage)
+
+
+def batch_filter(pred: Callable[[Any], bool]) -> Any:
+    """`x -> y` taking a batch at a time and pushing the items for which `pred` is true."""
+    from mimo_rx import Stream
+
+    async def stage(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        push_many = outs.y.push_many
+        async for batch in ins.x.batches():
+            await push_many([x for x in batch if pred(x)])
+
+    stage.__name__ = f"filter_{pred.__name__}"
+    return Stream(ins=["x"], outs=["y"], fn=stage)
+
+
+def batch_sink(acc: Callable[[Any], None]) -> Any:
+    """A stream with one input `x` taking a batch at a time, each item handed to `acc`."""
+    from mimo_rx import Stream
+
+    async def sink(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        async for batch in ins.x.batches():
+            for x in batch:
+                acc(x)
+
+    return Stream(ins=["x"], fn=sink)
+
+
+async def w1_batches(n: int) -> tuple[int, int]:
+    """W1 with batch ports end to end: push_many(range(n)) -> batch stages -> batch sink."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    wf = Workflow()
+    src = wf.add_stream(batch_source(range(n)))
+    chain(wf, src, batch_map(inc), batch_filter(is_even), batch_map(dbl), batch_sink(acc))
+    await wf.start()
+    return acc.result
+
+
+# --- W6 latency at a steady rate -----------------------------------------------------------
+
+
+def paced_source(n: int) -> Any:
+    """A stream with one output `out` pushing `n` events paced at `RATE`, each stamped with
+    its emission time."""
+    from mimo_rx import Stream
+
+    async def source(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        pacer = Pacer()
+        push = outs.out.push
+        for i in range(n):
+            await pacer.wait(i)
+            await push((time.perf_counter(), i))
+
+    return Stream(outs=["out"], fn=source)
+
+
+async def w6_streams(n: int) -> Measured:
+    """Async streams: paced source stream -> map -> filter -> map -> sink."""
+    from mimo_rx import Workflow
+
+    acc = LatencyAcc()
+    wf = Workflow()
+    src = wf.add_stream(paced_source(n))
+    chain(
+        wf, src, map_stream(ev_inc), filter_stream(ev_is_even), map_stream(ev_dbl), sink_stream(acc)
+    )
+    await wf.start()
+    return acc.result
+
+
+async def w6_stream_operators(n: int) -> Measured:
+    """The paced source stream of `w6_streams` -> operator(map) -> operator(filter) ->
+    operator(map) -> sink stream: the operator stages without a hot source in front."""
+    from reactivex import operators as ops
+
+    from mimo_rx import Workflow, operator
+
+    acc = LatencyAcc()
+    wf = Workflow()
+    src = wf.add_stream(paced_source(n))
+    chain(
+        wf,
+        src,
+        operator(ops.map(ev_inc)),
+        operator(ops.filter(ev_is_even)),
+        operator(ops.map(ev_dbl)),
+        sink_stream(acc),
+    )
+    await wf.start()
+    return acc.result
+
+
+async def w6_operators(n: int) -> Measured:
+    """A hot source (a Subject fed by a paced task on the loop) -> operator(map) ->
+    operator(filter) -> operator(map) -> sink stream."""
+    from reactivex import operators as ops
+    from reactivex.subject import Subject
+
+    from mimo_rx import Workflow, operator
+
+    acc = LatencyAcc()
+    subject: Subject[Event] = Subject()
+
+    async def feed() -> None:
+        # Items emitted before the run subscribes are not seen: wait for the subscription.
+        while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
+            await asyncio.sleep(0)
+        pacer = Pacer()
+        on_next = subject.on_next
+        for i in range(n):
+            await pacer.wait(i)
+            on_next((time.perf_counter(), i))
+        subject.on_completed()
+
+    wf = Workflow()
+    src = wf.add_source(subject)
+    chain(
+        wf,
+        src,
+        operator(ops.map(ev_inc)),
+        operator(ops.filter(ev_is_even)),
+        operator(ops.map(ev_dbl)),
+        sink_stream(acc),
+    )
+    feeder = asyncio.ensure_future(feed())
+    try:
+        await wf.start()
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+    await feeder
     return acc.result

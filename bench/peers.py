@@ -9,10 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from common import ITEM_SIZE, Acc, add, add_pair, dbl, inc, is_even, item_id, make_item, tpl
+from common import (
+    ITEM_SIZE,
+    Acc,
+    Event,
+    LatencyAcc,
+    Measured,
+    Pacer,
+    add,
+    add_pair,
+    dbl,
+    ev_dbl,
+    ev_inc,
+    ev_is_even,
+    inc,
+    is_even,
+    item_id,
+    make_item,
+    tpl,
+)
 
 QUEUE_SIZE = 1024
 _END = object()  # end-of-stream marker for the asyncio.Queue pipelines
@@ -376,3 +395,71 @@ async def w4_streamz(n: int) -> tuple[int, int, int]:
 
 
 assert ITEM_SIZE == 1024
+
+
+# --- W6 latency at a steady rate: paced source -> map -> filter -> map -> sink ------------------
+# Each function returns a `Measured`: (count, sum) is checked, the latency percentiles reported.
+
+
+async def w6_queue(n: int) -> Measured:
+    acc = LatencyAcc()
+    pacer = Pacer()
+
+    async def source(q: asyncio.Queue[Any]) -> None:
+        for i in range(n):
+            await pacer.wait(i)
+            await q.put((time.perf_counter(), i))
+        await q.put(_END)
+
+    q1, q2, q3, q4 = _queue(), _queue(), _queue(), _queue()
+    await asyncio.gather(
+        source(q1),
+        _q_map(ev_inc, q1, q2),
+        _q_filter(ev_is_even, q2, q3),
+        _q_map(ev_dbl, q3, q4),
+        _q_sink(q4, acc),
+    )
+    return acc.result
+
+
+async def w6_reactivex(n: int) -> Measured:
+    from reactivex import operators as ops
+    from reactivex.subject import Subject
+
+    acc = LatencyAcc()
+    pacer = Pacer()
+    subject: Subject[Event] = Subject()
+    subject.pipe(ops.map(ev_inc), ops.filter(ev_is_even), ops.map(ev_dbl)).subscribe(on_next=acc)
+    for i in range(n):
+        await pacer.wait(i)
+        subject.on_next((time.perf_counter(), i))
+    subject.on_completed()
+    return acc.result
+
+
+W6_REACTIVEX_NOTE = (
+    "a Subject fed by a task on the loop: on_next runs the whole chain synchronously "
+    "(no buffer, no back-pressure)"
+)
+
+
+async def w6_aiostream(n: int) -> Measured:
+    from aiostream import pipe, stream
+
+    acc = LatencyAcc()
+    pacer = Pacer()
+
+    async def events() -> AsyncIterator[Event]:
+        for i in range(n):
+            await pacer.wait(i)
+            yield (time.perf_counter(), i)
+
+    fns: list[Any] = [ev_inc, ev_dbl]  # aiostream's stubs reject one-argument map functions
+    xs = stream.iterate(events()) | pipe.map(fns[0]) | pipe.filter(ev_is_even) | pipe.map(fns[1])
+    async with xs.stream() as items:
+        async for e in items:
+            acc(e)
+    return acc.result
+
+
+W6_AIOSTREAM_NOTE = "a paced async generator pulled through map/filter/map (no buffers)"

@@ -88,6 +88,10 @@ def evaluate(
         value = ratio(outcomes, target.case, target.baseline)
         measured = "-" if value is None else f"{value:.3f}x"  # 3 decimals: 1.499 is not 1.5
         met = None if value is None else value >= target.limit
+    elif target.kind == "latency":
+        value = latency_ratio(outcomes, target.case, target.baseline, "p99_us")
+        measured = "-" if value is None else f"{value:.3f}x"
+        met = None if value is None else value <= target.limit
     elif target.kind == "rss":
         out = outcomes.get(target.case)
         value = _rss_mib(out) if out is not None and out.ok else None
@@ -161,6 +165,73 @@ def rss_section(
             cells = [fmt(ratio(outcomes, case.label, QUEUE)), rss, spread(out)]
         lines.append(f"| {case.label} | " + " | ".join(cells) + f" | {target} |")
     return [*lines, "", *_notes(w.cases)]
+
+
+def median_extra(out: Outcome | None, key: str) -> float | None:
+    """Median over the runs of one reported number (W6: "p50_us", "p99_us", "max_us")."""
+    if out is None or not out.ok:
+        return None
+    values = out.extra.get(key) or []
+    return statistics.median(values) if values else None
+
+
+def latency_ratio(outcomes: Outcomes, row: str, baseline: str, key: str) -> float | None:
+    """Median latency `key` of `row` over that of `baseline` (below 1: `row` is quicker)."""
+    a, b = median_extra(outcomes.get(row), key), median_extra(outcomes.get(baseline), key)
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+LATENCIES = (("p50_us", "p50"), ("p99_us", "p99"), ("max_us", "max"))
+
+
+def latency_section(
+    w: Workload, n: int, repeat: int, outcomes: Outcomes, verdicts: list[Verdict]
+) -> list[str]:
+    """W6: latency percentiles per implementation (medians over runs) and p99 vs the queue."""
+    lines = [
+        f"### {w.key} {w.title}",
+        "",
+        f"n = {n:,} events paced at 20,000/s ({n // 2:,} reach the sink); latency = arrival at "
+        "the sink minus the emission time the event carries (elapsed time, whatever the clock); "
+        "each number is the median over "
+        f"{repeat} runs of that run's percentile, in microseconds (lower is better). "
+        f"CPU share {cpu_share(outcomes)}",
+        "",
+        "| implementation | p50 µs | p99 µs | max µs | p50 vs "
+        + QUEUE
+        + " | p99 vs "
+        + QUEUE
+        + " | p99 run spread | target |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for case in w.cases:
+        out = outcomes[case.label]
+        target = "; ".join(v.cell for v in verdicts if v.target.case == case.label)
+        status = _status_cell(out)
+        if status:
+            cells = [status] + ["-"] * 6
+        else:
+            cells = []
+            for key, _ in LATENCIES:
+                value = median_extra(out, key)
+                cells.append("-" if value is None else f"{value:,.0f}")
+            cells += [
+                fmt(latency_ratio(outcomes, case.label, QUEUE, "p50_us")),
+                fmt(latency_ratio(outcomes, case.label, QUEUE, "p99_us")),
+                _extra_spread(out, "p99_us"),
+            ]
+        lines.append(f"| {case.label} | " + " | ".join(cells) + f" | {target} |")
+    return [*lines, "", *_notes(w.cases)]
+
+
+def _extra_spread(out: Outcome, key: str) -> str:
+    values = out.extra.get(key) or []
+    if len(values) < 2:
+        return "-"
+    med = statistics.median(values)
+    return f"{100 * (max(values) - min(values)) / med:.0f}%" if med > 0 else "-"
 
 
 def cost_ratio(by_size: Mapping[int, Outcomes], label: str, small: int, large: int) -> float | None:

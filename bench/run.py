@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/run.py                  # full run: W1-W5, medians of 5 runs (~15-30 min)
+    python bench/run.py                  # full run: W1-W6, medians of 5 runs (~15-30 min)
     python bench/run.py --quick          # small sizes, 3 runs: checks everything works (< 60 s)
     python bench/run.py --only W1,W3 --repeat 7 --output results.md
     python bench/run.py --clock cpu      # ratios of CPU time: steadier on a shared machine
@@ -50,6 +50,18 @@ def run_throughput(
     log(f"{w.key}: done in {time.perf_counter() - t0:.0f} s")
     verdicts = [report.evaluate(w.key, t, outcomes) for t in w.targets]
     return report.throughput_section(w, n, repeat, outcomes, verdicts), verdicts
+
+
+def run_latency(
+    w: wl.Workload, n: int, repeat: int, clock: Clock
+) -> tuple[list[str], list[report.Verdict]]:
+    """W6: all cases in this process, interleaved; each run reports its latency percentiles."""
+    log(f"{w.key}: n={n:,} events at 20,000/s, {repeat} runs + 1 warm-up per case ...")
+    t0 = time.perf_counter()
+    outcomes = run_cases(w.cases, n, w.expected(n), repeat, timeout=timeout_for(n), clock=clock)
+    log(f"{w.key}: done in {time.perf_counter() - t0:.0f} s")
+    verdicts = [report.evaluate(w.key, t, outcomes) for t in w.targets]
+    return report.latency_section(w, n, repeat, outcomes, verdicts), verdicts
 
 
 def run_rss(
@@ -180,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     args = parser.parse_args(argv)
 
-    keys = [k.strip().upper() for k in args.only.split(",") if k.strip()]
-    unknown = sorted(set(keys) - set(wl.ALL_KEYS))
+    by_upper = {k.upper(): k for k in wl.ALL_KEYS}
+    asked = [k.strip().upper() for k in args.only.split(",") if k.strip()]
+    unknown = sorted(set(asked) - set(by_upper))
     if unknown:
         parser.error(
             f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(wl.ALL_KEYS)}"
         )
+    keys = [by_upper[k] for k in asked]
     repeat = args.repeat or (3 if args.quick else 5)
     if repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -200,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             w = wl.WORKLOADS[key]
             n = w.quick_n if args.quick else w.n
-            runner = run_rss if w.fresh_process else run_throughput
+            runner = run_rss if w.fresh_process else run_latency if w.latency else run_throughput
             section, found = runner(w, n, repeat, args.clock)
         lines += section
         verdicts += found

@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from common import Case, Clock, Outcome, check, describe_error, missing
+from common import Case, Clock, Measured, Outcome, check, describe_error, missing
 
 T = TypeVar("T")
 
@@ -108,7 +108,8 @@ def run_cases(
     With `runs_per_sample` > 1 each timed sample is that many back-to-back runs, their times
     summed (W5 uses it so a small size's sample lasts as long as one run of the largest).
     A case that raises, times out or returns a wrong result is run no more: its outcome
-    carries the error text instead of times.
+    carries the error text instead of times. A case returning a `Measured` has its `value`
+    checked and each number of its `extra` appended to `Outcome.extra` (W6's latencies).
     """
     outcomes = {c.label: Outcome(c.label, items=n) for c in cases}
     for c in cases:
@@ -120,9 +121,12 @@ def run_cases(
             if out.error or out.skipped:
                 continue
             wall = cpu = 0.0
+            measured: dict[str, float] = {}
             try:
                 for _ in range(runs_per_sample):
                     run_wall, run_cpu, result = time_once(case, n, timeout)
+                    if isinstance(result, Measured):
+                        result, measured = result.value, result.extra
                     check(result, expected)
                     wall, cpu = wall + run_wall, cpu + run_cpu
             except Exception as exc:
@@ -130,6 +134,8 @@ def run_cases(
                 continue
             if rnd >= warmup:
                 out.record(wall, cpu, clock)
+                for key, value in measured.items():
+                    out.extra.setdefault(key, []).append(value)
     return outcomes
 
 

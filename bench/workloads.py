@@ -1,4 +1,5 @@
-"""The workloads W1-W5: sizes, expected results, the implementations to run, and the targets."""
+"""The workloads W1-W6 and W1-batch: sizes, expected results, the implementations to run, and
+the targets."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ M_STREAMS = "mimo_rx async streams"
 M_OPERATORS = "mimo_rx operator stages"
 M_SOURCE = "mimo_rx add_source + async streams"
 M_RX_ZIP = "mimo_rx rx_stream(reactivex.zip)"
+M_BATCHES = "mimo_rx batches() + push_many"
+M_HOT = "mimo_rx hot source + operator stages"
 
 BASELINES = (QUEUE, RX, GEN)
 """The columns of the throughput tables: each row's items/s as a ratio to these."""
@@ -31,11 +34,12 @@ class Target:
 
     kind "throughput": row items/s / baseline items/s >= limit;
     kind "rss": row peak RSS growth in MiB <= limit;
-    kind "scaling": row cost per item at the largest N / at the smallest N <= limit.
+    kind "scaling": row cost per item at the largest N / at the smallest N <= limit;
+    kind "latency": row median p99 latency / baseline median p99 latency <= limit.
     """
 
     case: str
-    kind: Literal["throughput", "rss", "scaling"]
+    kind: Literal["throughput", "rss", "scaling", "latency"]
     limit: float
     baseline: str = ""
 
@@ -45,6 +49,8 @@ class Target:
             return f">= {self.limit:g}x {self.baseline}"
         if self.kind == "rss":
             return f"peak RSS growth <= {self.limit:g} MiB"
+        if self.kind == "latency":
+            return f"p99 <= {self.limit:g}x {self.baseline}'s"
         return f"cost/item at max N <= {self.limit:g}x at min N"
 
 
@@ -60,6 +66,7 @@ class Workload:
     cases: list[Case]
     targets: list[Target] = field(default_factory=list)
     fresh_process: bool = False
+    latency: bool = False  # W6: report latency percentiles, not items/s
 
     def case(self, label: str) -> Case:
         for c in self.cases:
@@ -182,11 +189,67 @@ W4 = Workload(
     fresh_process=True,
 )
 
+W1_BATCH = Workload(
+    key="W1-batch",
+    title="W1 with batch ports: batches() in, push_many out, at every stage",
+    n=200_000,
+    quick_n=10_000,
+    expected=w1_expected,
+    cases=[
+        Case(GEN, peers.w1_generators),
+        Case(QUEUE, peers.w1_queue),
+        Case(RX, peers.w1_reactivex, "reactivex"),
+        Case(M_STREAMS, mimo.w1_streams, "mimo_rx", note="per item, as in W1 (for comparison)"),
+        Case(
+            M_BATCHES,
+            mimo.w1_batches,
+            "mimo_rx",
+            note="source: one push_many(range(n)); each stage: async for batch in "
+            "ins.x.batches(): await outs.y.push_many([f(x) for x in batch])",
+        ),
+    ],
+    targets=[
+        Target(M_BATCHES, "throughput", 0.5, GEN),
+        Target(M_BATCHES, "throughput", 3.0, RX),
+    ],
+)
+
+W6 = Workload(
+    key="W6",
+    title="latency at a steady rate: 20,000 events/s, source -> map -> filter -> map -> sink",
+    n=20_000,
+    quick_n=2_000,
+    expected=w1_expected,  # values 0..n-1 through the W1 stages
+    cases=[
+        Case(QUEUE, peers.w6_queue, note="asyncio.Queue(1024) per stage, one task per stage"),
+        Case(RX, peers.w6_reactivex, "reactivex", note=peers.W6_REACTIVEX_NOTE),
+        Case(AIOSTREAM, peers.w6_aiostream, "aiostream", note=peers.W6_AIOSTREAM_NOTE),
+        Case(M_STREAMS, mimo.w6_streams, "mimo_rx", note="a paced source stream, async stages"),
+        Case(
+            M_OPERATORS,
+            mimo.w6_stream_operators,
+            "mimo_rx",
+            note="the paced source stream -> operator() stages (no hot source in front)",
+        ),
+        Case(
+            M_HOT,
+            mimo.w6_operators,
+            "mimo_rx",
+            note="add_source(Subject) fed by a paced task on the loop, operator() stages",
+        ),
+    ],
+    targets=[
+        Target(M_STREAMS, "latency", 0.8, QUEUE),
+        Target(M_HOT, "latency", 0.8, QUEUE),
+    ],
+    latency=True,
+)
+
 W5_SIZES = (10_000, 100_000, 1_000_000)
 W5_QUICK_SIZES = (1_000, 10_000, 50_000)
 W5_CASES = (GEN, QUEUE, RX, M_STREAMS, M_OPERATORS)
 """W5 reruns W1 at several sizes. aiostream and streamz are left out to keep the run short."""
 W5_TARGETS = [Target(M_STREAMS, "scaling", 1.2), Target(M_OPERATORS, "scaling", 1.2)]
 
-WORKLOADS = {w.key: w for w in (W1, W2, W3, W4)}
-ALL_KEYS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = {w.key: w for w in (W1, W1_BATCH, W2, W3, W4, W6)}
+ALL_KEYS = ("W1", "W1-batch", "W2", "W3", "W4", "W5", "W6")

@@ -41,8 +41,11 @@ class EndOfStream(MimoError):
 
 
 class ClosedError(MimoError):
-    """The caller pushed to an output that it (or the end of its stream) had already closed,
-    or sent to an inlet that was closed or whose run has ended."""
+    """An item was pushed or sent where no more items may go.
+
+    Raised by ``push()`` on an output that its stream (or the end of its stream) had already
+    closed, and by an inlet's ``send`` calls after ``close()`` or once the run has ended.
+    """
 
     def __init__(self, stream: str | None, port: str, message: str | None = None) -> None:
         self.stream = stream
@@ -55,8 +58,11 @@ class ClosedError(MimoError):
 
 
 class WouldBlock(MimoError):
-    """``inlet.send_nowait(item)`` could not deliver at once: a buffer it feeds is full, or the
-    run has not started. Nothing was delivered; ``await inlet.send(item)`` waits instead."""
+    """``inlet.send_nowait(item)`` could not deliver without waiting; nothing was delivered.
+
+    A buffer the inlet feeds is full, or the run has not started: ``await inlet.send(item)``
+    waits instead.
+    """
 
     def __init__(self, stream: str, port: str, reason: str) -> None:
         self.stream = stream

@@ -20,6 +20,10 @@ Design rules (after trio's channels):
   the buffer only after the wait is over, in the same step. A cancelled ``push`` delivers to no
   input at all: under fan-out it first waits until *every* connected input has room, then
   delivers to all of them without suspending.
+* **Batches follow the same rules.** ``pop_many``/``batches()`` wait like ``pop`` and take
+  what is buffered in one step; ``push_many`` delivers chunks as large as every connected input
+  has room for, each chunk to all inputs without suspending, so a cancelled call has delivered
+  a prefix (whole chunks) and nothing twice.
 * **Never silently lost.** Every item an input receives is taken, dropped by a policy the user
   chose, discarded because its stream finished, or still buffered:
   ``received == taken + dropped + discarded + len(buffer)``. Each item is counted once on
@@ -30,9 +34,10 @@ Design rules (after trio's channels):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from reactivex import abc as rx_abc
@@ -134,6 +139,64 @@ class Input(Generic[T]):
         if not self._items:
             await self._wait_for_item("peek()")
         return self._items[0]
+
+    async def pop_many(self, max_items: int | None = None) -> list[T]:
+        """Remove and return the buffered items, in order, waiting while there are none.
+
+        One call takes what a buffer-full of ``pop()`` calls would, at the cost of one: for
+        code that handles items in bulk. Like ``pop()`` it takes nothing until the wait is
+        over, so a cancelled call loses no item.
+
+        Args:
+            max_items: take at most this many (the oldest first); ``None`` takes them all.
+
+        Returns:
+            A non-empty list of items.
+
+        Raises:
+            ConfigError: ``max_items`` is not an integer >= 1 (or ``None``).
+            EndOfStream: the input is closed (every upstream closed) and nothing is buffered.
+        """
+        if max_items is not None:
+            self._check_max_items(max_items, "pop_many")
+        if not self._items:
+            await self._wait_for_item("pop_many()")
+        return self._take_batch(max_items)
+
+    def batches(self, max_items: int | None = None) -> Batches[T]:
+        """Iterate lists of items until end of stream: ``async for batch in ins.x.batches():``.
+
+        Each step is ``await pop_many(max_items)``. The iterator is a plain object (no task,
+        no async generator to finalise), so leaving the loop early needs no clean-up.
+
+        Raises:
+            ConfigError: ``max_items`` is not an integer >= 1 (or ``None``), at the call.
+        """
+        if max_items is not None:
+            self._check_max_items(max_items, "batches")
+        return Batches(self, max_items)
+
+    def _check_max_items(self, max_items: object, method: str) -> None:
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ConfigError(
+                f"{method}(max_items={max_items!r}) on input {self.name!r} of stream "
+                f"{self.stream_name!r}: max_items must be an integer >= 1, or None to take "
+                "everything buffered"
+            )
+
+    def _take_batch(self, max_items: int | None) -> list[T]:
+        """Take up to ``max_items`` buffered items (all when ``None``); the caller has waited
+        until at least one is buffered."""
+        items = self._items
+        if max_items is None or max_items >= len(items):
+            batch = list(items)
+            items.clear()
+        else:
+            popleft = items.popleft
+            batch = [popleft() for _ in range(max_items)]
+        if self._producers and len(items) <= self._low:
+            self._release_producers()
+        return batch
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -253,7 +316,7 @@ class Input(Generic[T]):
         self._items.append(item)
         self._arrived()
 
-    def _deliver_many(self, items: list[T]) -> None:
+    def _deliver_many(self, items: Sequence[T]) -> None:
         """Buffer several items at once; the caller has checked there is room."""
         self._items.extend(items)
         self._arrived()
@@ -354,6 +417,28 @@ class Input(Generic[T]):
         self._rt = runtime
 
 
+class Batches(Generic[T]):
+    """The async iterator ``Input.batches()`` returns: lists of items until end of stream."""
+
+    __slots__ = ("_max_items", "_port")
+
+    def __init__(self, port: Input[T], max_items: int | None) -> None:
+        self._port = port
+        self._max_items = max_items
+
+    def __aiter__(self) -> Batches[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        port = self._port
+        if not port._items:
+            try:
+                await port._wait_for_item("batches()")
+            except EndOfStream:
+                raise StopAsyncIteration from None
+        return port._take_batch(self._max_items)
+
+
 class AnyInput:
     """Several inputs waited on together (a step function or an Rx operator stream)."""
 
@@ -391,6 +476,55 @@ class _DiscardSink(deque[T]):
 
     def __bool__(self) -> bool:
         return False
+
+
+class _SliceChunks(Generic[T]):
+    """Successive slices of a list, tuple or range (all of it when one chunk takes it all)."""
+
+    __slots__ = ("_items", "_start")
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self._items = items
+        self._start = 0
+
+    def take(self, room: int) -> Sequence[T]:
+        """The next ``room`` items (fewer at the end)."""
+        start, items = self._start, self._items
+        if start == 0 and room >= len(items):
+            self._start = len(items)
+            return items  # delivering copies it: no slice needed
+        self._start = start + room
+        return items[start : start + room]
+
+    def exhausted(self) -> bool:
+        return self._start >= len(self._items)
+
+
+class _IterChunks(Generic[T]):
+    """Successive chunks pulled from an iterator, each only once there is room for it.
+
+    ``exhausted`` pulls one item ahead (the item a ``for`` loop of pushes would be waiting
+    to push), so that a call whose last chunk filled a buffer returns instead of waiting.
+    """
+
+    __slots__ = ("_ahead", "_iterator")
+
+    def __init__(self, iterator: Iterator[T]) -> None:
+        self._iterator = iterator
+        self._ahead: list[T] = []
+
+    def take(self, room: int) -> list[T]:
+        """The next ``room`` items (fewer at the end)."""
+        if self._ahead:
+            chunk, self._ahead = self._ahead, []
+            chunk.extend(itertools.islice(self._iterator, room - 1))
+            return chunk
+        return list(itertools.islice(self._iterator, room))
+
+    def exhausted(self) -> bool:
+        if not self._ahead:
+            self._ahead = list(itertools.islice(self._iterator, 1))
+        return not self._ahead
 
 
 class Output(Subject[T]):
@@ -475,19 +609,46 @@ class Output(Subject[T]):
         """How many items every connected input can take right now without waiting."""
         return min((t.threshold - len(t._items) for t in self.targets), default=DEFAULT_BUFFER_SIZE)
 
-    async def _push_many(self, items: list[T]) -> None:
-        """Push ``items`` in order, delivering as many at a time as every input has room for."""
+    async def push_many(self, items: Iterable[T]) -> bool:
+        """Push the items of ``items`` in order, as successive ``push`` calls would.
+
+        Every connected input gets every item and Rx subscribers see each one; no buffer
+        holds more than its threshold because of it. The items go out in chunks as large as
+        every connected input has room for, so the call suspends only when an input is full.
+        Other iterables than a list, tuple or range are pulled only as far as there is room
+        (plus the one item a loop of ``push`` calls would be holding while it waits).
+
+        Cancelled, it has delivered a prefix of the items, each to every connected input,
+        and no item twice: a chunk is pulled only once there is room for it, and delivered
+        to all inputs without suspending.
+
+        Returns:
+            ``True`` once every item is accepted.
+
+        Raises:
+            ClosedError: the output was closed before.
+        """
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
+        chunks: _SliceChunks[T] | _IterChunks[T] = (
+            _SliceChunks(items)
+            if isinstance(items, list | tuple | range)  # slicing them is cheaper than islice
+            else _IterChunks(iter(items))
+        )
         targets = self.targets
-        start, end = 0, len(items)
-        while start < end:
-            room = self._room() if targets else end - start
+        while True:
+            # One input and no Rx subscriber: skip the general case. With no input at all,
+            # _room() makes chunks of DEFAULT_BUFFER_SIZE (for Rx subscribers).
+            target = self._fast_target
+            room = target.threshold - len(target._items) if target is not None else self._room()
             if room <= 0:
+                if chunks.exhausted():  # return as the last push would, without waiting
+                    return True
                 await self._wait_for_room()
                 continue
-            chunk = items[start : start + room]
-            start += len(chunk)
+            chunk = chunks.take(room)
+            if not chunk:
+                return True
             self.pushed += len(chunk)
             for target in targets:
                 target._deliver_many(chunk)
@@ -551,15 +712,23 @@ class Output(Subject[T]):
             waiter: asyncio.Future[None] = loop.create_future()
             full._producers.append(waiter)
             parked = self._rt.park("push()", self, waiter)
+            events = self._rt.events  # workflow.events: None while nobody listens
+            if events is not None:
+                event = {"stream": self.stream_name, "output": self.name}
+                event["target"] = f"{full.stream_name}.{full.name}"
+                events({"event": "paused", **event})
             started = time.perf_counter()
             try:
                 await waiter
             finally:
-                full.paused_s += time.perf_counter() - started
+                paused = time.perf_counter() - started
+                full.paused_s += paused
                 if parked is not None:
                     self._rt.unpark(parked)
                 if not waiter.done():  # cancelled: do not leave a dead waiter behind
                     full._producers.remove(waiter)
+                if events is not None:  # also when cancelled: every pause ends
+                    events({"event": "resumed", **event, "paused_s": round(paused, 6)})
 
     @property
     def abandoned(self) -> bool:

@@ -358,7 +358,7 @@ class RxStream(Stream):
             if len(value) > limit:
                 events.appendleft(("next", index, value[limit:]))
                 value = value[:limit]
-            await out._push_many(value)
+            await out.push_many(value)
         elif kind == "completed":
             outputs[index].close()
         elif self._followers:

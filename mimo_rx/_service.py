@@ -111,7 +111,7 @@ class InletStream(Stream):
         while True:
             batch = handoff.take_all()
             if batch:
-                await out._push_many([value for _, value in batch])
+                await out.push_many([value for _, value in batch])
                 continue
             if handoff.blocked and out._room() <= 0:
                 await out._wait_for_room()  # on behalf of the threads waiting in send_threadsafe
@@ -437,17 +437,16 @@ async def running(workflow: Workflow, progress: bool = False) -> AsyncIterator[W
     try:
         yield workflow
     except BaseException:
-        _release_outlets(workflow)
-        await _cancel_and_wait(run)
+        await _cancel_and_wait(run)  # nothing is left to release: the run is over
         raise
-    _release_outlets(workflow)
-    for step in workflow.steps:
-        if isinstance(step, Inlet):
-            step.close()
     try:
+        _release_outlets(workflow)
+        for step in workflow.steps:
+            if isinstance(step, Inlet):
+                step.close()
         await asyncio.shield(run)
-    except asyncio.CancelledError:
-        if not run.done():  # we were cancelled while the run drained: cancel it, wait for it
+    except BaseException:
+        if not run.done():  # e.g. we were cancelled while the run drained: no task left
             await _cancel_and_wait(run)
         raise
 
@@ -457,6 +456,8 @@ def _release_outlets(workflow: Workflow) -> None:
     for step in workflow.steps:
         if isinstance(step, Outlet):
             port = step.stream._input
+            if port._closed:
+                continue  # every upstream has closed: no producer is left to release
             for upstream in port._upstreams:
                 if port in upstream.targets:
                     upstream._set_policy(port, "discard")  # type: ignore[attr-defined]

@@ -87,7 +87,7 @@ class IterableSource(Stream):
                 batch = list(itertools.islice(iterator, max(out._room(), 1)))
                 if not batch:
                     return
-                await out._push_many(batch)
+                await out.push_many(batch)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:  # a generator stopped early runs its finally blocks now

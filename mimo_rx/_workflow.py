@@ -27,6 +27,7 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowError,
 )
+from ._metrics import Watch
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._ports import DEFAULT_BUFFER_SIZE, Input, check_buffer_size
 from ._signals import TerminationSignals, wake_loop_on_signals
@@ -59,8 +60,21 @@ class Step:
         self.workflow = workflow
         self.stream = stream
         self.name = name
-        self.status = "pending"
+        self._status = "pending"
         self.error: BaseException | None = None
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``running``, ``done``, ``failed`` or ``cancelled``."""
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if value != self._status:
+            self._status = value
+            emit = self.workflow._watch.emit  # None unless workflow.events has a subscriber
+            if emit is not None:
+                emit({"event": "status", "stream": self.name, "status": value})
 
     def pipe(
         self,
@@ -113,6 +127,7 @@ class Workflow:
         self._tasks: list[asyncio.Task[None]] = []  # the stream tasks of the run
         self._run: _Run | None = None  # the active run, between start() and its end
         self._begun: asyncio.Event | None = None
+        self._watch = Watch(self)  # metrics() and events
 
     # -- building ------------------------------------------------------------------------
 
@@ -291,12 +306,37 @@ class Workflow:
             streams[step.name] = {
                 "status": step.status,
                 "failures": stream._failures,
-                "inputs": {name: _input_stats(port) for name, port in stream._inputs.items()},
+                "inputs": {
+                    name: _input_stats(port, self._planned_threshold(step, name))
+                    for name, port in stream._inputs.items()
+                },
                 "outputs": {
                     name: {"pushed": port.pushed} for name, port in stream._outputs.items()
                 },
             }
         return {"streams": streams}
+
+    def metrics(self, interval: float = 1.0) -> Observable[dict[str, Any]]:
+        """An Observable of ``stats()`` snapshots, each with ``"elapsed_s"`` (seconds since
+        the run started): one when the run starts, one every ``interval`` seconds while it
+        runs, a final one when it ends (also when it fails or is cancelled), then
+        ``on_completed``. Subscribed during the run, the first snapshot comes at once;
+        subscribed after the run, only the final one. Emitted on the run's event loop.
+
+        Raises:
+            ConfigError: ``interval`` is not a positive number of seconds.
+        """
+        return self._watch.metrics(interval)
+
+    @property
+    def events(self) -> Observable[dict[str, Any]]:
+        """An Observable of the run's transitions, JSON-serialisable dicts emitted on the loop:
+        ``{"event": "status", "stream", "status"}``, ``{"event": "paused", "stream",
+        "output", "target"}`` and ``{"event": "resumed", ..., "paused_s"}`` around each pause
+        of a producer by a full input, ``{"event": "failure", "stream", "error"}`` for each
+        failure a stream resumes from. It completes when the run ends (at once for a
+        subscriber that joins after that). Free while nothing subscribes."""
+        return self._watch.events
 
     # -- running -------------------------------------------------------------------------
 
@@ -426,6 +466,12 @@ class Workflow:
                         "wait forever; pipe an output into it or remove the port"
                     )
 
+    def _planned_threshold(self, step: Step, port: str) -> int:
+        """The threshold an input has in the run, or will have once the run starts."""
+        if self._started:
+            return step.stream._inputs[port].threshold
+        return self._threshold(step, port)
+
     def _threshold(self, step: Step, port: str) -> int:
         sizes = [
             p.buffer_size
@@ -439,7 +485,7 @@ class Workflow:
         return self.buffer_size
 
 
-def _input_stats(port: Input[Any]) -> dict[str, int | float]:
+def _input_stats(port: Input[Any], threshold: int) -> dict[str, int | float]:
     return {
         "received": port.received,
         "taken": port.taken,
@@ -448,7 +494,7 @@ def _input_stats(port: Input[Any]) -> dict[str, int | float]:
         "buffered": port.buffered,
         "peak_buffered": port.peak,
         "paused_s": round(port.paused_s, 6),
-        "threshold": port.threshold,
+        "threshold": threshold,
     }
 
 
@@ -575,6 +621,8 @@ class _Run:
         self.remaining = len(steps)
         for step, _ in steps:
             step.stream._on_start()
+        watch = self.workflow._watch
+        watch.run_started(self.loop, [runtime for _, runtime in steps])
         untrack = track_spawned_tasks(self.loop)
         error: BaseException | None = None
         try:
@@ -586,6 +634,7 @@ class _Run:
             untrack()
             for step in self.workflow.steps:
                 step.stream._on_end(error)
+            watch.run_ended()  # every status is final: the last snapshot, then completion
 
     async def _supervise(self, steps: list[tuple[Step, StepRuntime]]) -> None:
         tasks: list[asyncio.Task[None]] = []

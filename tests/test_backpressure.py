@@ -387,3 +387,23 @@ def test_items_discarded_by_a_finished_consumer_never_count_as_buffered():
     assert stats["discarded"] == 50
     assert stats["peak_buffered"] == 1
     assert_stats_identity(wf)
+
+
+def test_stats_report_the_threshold_an_input_will_have_before_the_run_starts() -> None:
+    workflow = Workflow(buffer_size=64)
+    source = workflow.add_stream(Stream(outs=["out"], name="source"))
+    sized = workflow.add_stream(Stream(["x"], name="sized", buffer_size=16))
+    piped = workflow.add_stream(Stream(["x"], name="piped"))
+    source.pipe(sized)
+    source.pipe(piped, buffer_size=8)
+    before = {
+        name: workflow.stats()["streams"][name]["inputs"]["x"]["threshold"]
+        for name in ("sized", "piped")
+    }
+    assert before == {"sized": 16, "piped": 8}
+    workflow.run()
+    after = {
+        name: workflow.stats()["streams"][name]["inputs"]["x"]["threshold"]
+        for name in ("sized", "piped")
+    }
+    assert after == before

@@ -111,6 +111,59 @@ def test_progress_draws_every_stream_with_its_counts_on_a_terminal() -> None:
     assert "\x1b[?25h" in raw  # the cursor is shown again at the end
 
 
+_CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|([\r\n])|([^\x1b\r\n]+)")
+
+
+def screen_after(raw: str) -> list[str]:
+    """What a terminal shows once it has drawn ``raw``: the lines left on the screen.
+
+    A small model of a terminal, enough for what rich's Live writes: text, carriage return,
+    line feed, cursor up/down/column, erase in line and erase below; colours are ignored.
+    """
+    lines: list[list[str]] = [[]]
+    row = col = 0
+    for params, final, control, text in _CSI.findall(raw):
+        if text:
+            line = lines[row]
+            line.extend(" " * (col - len(line)))
+            line[col : col + len(text)] = text
+            col += len(text)
+        elif control == "\r":
+            col = 0
+        elif control == "\n":
+            row += 1
+            if row == len(lines):
+                lines.append([])
+        elif not params.startswith("?"):
+            n = int(params.split(";")[0] or 1) if final in "ABG" else int(params or 0)
+            if final == "A":
+                row = max(row - n, 0)
+            elif final == "B":
+                row += n
+                lines.extend([] for _ in range(row + 1 - len(lines)))
+            elif final == "G":
+                col = n - 1
+            elif final == "K":
+                lines[row] = [] if n == 2 else lines[row][:col] if n == 0 else lines[row]
+            elif final == "J" and n == 0:
+                lines[row] = lines[row][:col]
+                del lines[row + 1 :]
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_the_final_table_stays_on_the_terminal_with_every_stream_done() -> None:
+    raw = run_in_pty("120", "0.002").decode("utf-8")
+    shown = screen_after(raw)
+    text = "\n".join(shown)
+    assert text.count(TITLE) == 1, text  # the live frames were redrawn in place
+    final = text[text.index(TITLE) :]
+    assert final.startswith(TITLE + "done"), text
+    assert re.search(r"^ numbers +done +- +120 +- ", final, re.MULTILINE), text
+    assert re.search(r"^ double +done +120 +120 +░+ 0/16 +0 +\d+\.\d\d s", final, re.M), text
+    assert re.search(r"^ sink +done +120 +- +░+ 0/16 +0 +\d+\.\d\d s", final, re.M), text
+    assert re.search(r"^elapsed [0-9.]+$", text, re.MULTILINE), text  # printed below it
+
+
 @pytest.mark.parametrize("rich_installed", [True, False])
 def test_progress_prints_nothing_when_stdout_is_a_pipe(rich_installed: bool) -> None:
     code = CHILD if rich_installed else "import sys; sys.modules['rich'] = None\n" + CHILD
