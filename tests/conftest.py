@@ -25,16 +25,21 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # MIMO_RX_LOOP=uvloop runs every test on uvloop's event loop (``.ci/run`` does a second pass
-# with it): the harness and ``Workflow.run()`` make their loops through the policy.
+# with it): the harness, ``asyncio.run`` and ``Workflow.run()`` make their loops through the
+# policy.
 LOOP = os.environ.get("MIMO_RX_LOOP") or "asyncio"
 if LOOP not in ("asyncio", "uvloop"):
     raise RuntimeError(f"MIMO_RX_LOOP must be 'asyncio' or 'uvloop', not {LOOP!r}")
 if LOOP == "uvloop":
     import asyncio
+    from pathlib import Path
 
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # The processes tests start run on uvloop too (see uvloop_site/sitecustomize.py).
+    _site = str(Path(__file__).parent / "uvloop_site")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_site, os.environ.get("PYTHONPATH")]))
 
 
 def pytest_report_header() -> str:

@@ -706,3 +706,25 @@ def test_streams_waiting_on_an_inlet_and_an_outlet_served_later_are_not_deadlock
     results, counted = run_checked(main(), workflows=[wf])
     assert results == [0, 10, 20, 30, 40]
     assert counted == list(range(10))
+
+
+# -- the event loop the suite runs on (MIMO_RX_LOOP, see conftest.py) -------------------------
+
+
+def test_the_tests_and_the_processes_they_start_run_on_the_loop_asked_for():
+    import os
+    import subprocess
+    import sys
+
+    wanted = "uvloop" if os.environ.get("MIMO_RX_LOOP") == "uvloop" else "asyncio"
+    probe = (
+        "import asyncio; loop = asyncio.new_event_loop(); loop.close(); "
+        "print(type(loop).__module__.split('.')[0])"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    )
+    loop = asyncio.new_event_loop()
+    loop.close()
+    here = type(loop).__module__.split(".")[0]
+    assert (here, child.stdout.strip()) == (wanted, wanted)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
 import sys
 import threading
@@ -159,10 +158,6 @@ def build(scenario: str) -> Workflow:
 
 
 def main() -> None:
-    if os.environ.get("MIMO_RX_LOOP") == "uvloop":  # the suite's second pass: uvloop here too
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     scenario = sys.argv[1]
     wf = build(scenario)
     try:

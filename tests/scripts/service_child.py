@@ -13,7 +13,6 @@ the drain), ``term_then_int`` (SIGINT during the drain), ``interrupt`` (SIGINT a
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from typing import Any
@@ -72,8 +71,4 @@ def main(scenario: str) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("MIMO_RX_LOOP") == "uvloop":  # the suite's second pass: uvloop here too
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     main(sys.argv[1])
