@@ -138,19 +138,21 @@ class AsyncIterableSource(Stream):
 class _SourceObserver(rx_abc.ObserverBase[Any]):
     """Classifies each signal as cold (emitted on our thread during subscribe) or hot."""
 
-    def __init__(self, handoff: Handoff) -> None:
+    def __init__(self, handoff: Handoff, direct: Callable[[Any], bool]) -> None:
         self.handoff = handoff
+        self.direct = direct  # delivers a hot item emitted on the loop at once, if it may
+        self.loop_thread = threading.get_ident()  # made on the loop, as start() begins
         self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
         # Fired (on the emitting thread) once the workflow wants no more: the subscription
         # is made through take_until(stop), so Rx completes and disposes everything it holds.
         self.stop: Subject[None] = Subject()
         self.stop_sent = False
 
-    def _cold(self) -> bool:
-        return threading.get_ident() == self.cold_thread
-
     def on_next(self, value: Any) -> None:
-        cold = self._cold()
+        ident = threading.get_ident()
+        if ident == self.loop_thread and self.direct(value):
+            return
+        cold = ident == self.cold_thread
         if self.handoff.put("cold" if cold else "hot", value, block=cold) or not cold:
             return
         if not self.stop_sent:
@@ -189,7 +191,7 @@ class ObservableSource(Stream):
     def _on_start(self) -> None:
         """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
         handoff = Handoff(asyncio.get_running_loop())
-        observer = _SourceObserver(handoff)
+        observer = _SourceObserver(handoff, self._deliver_on_loop)
         self._handoff = handoff
 
         def subscribe() -> None:
@@ -216,6 +218,28 @@ class ObservableSource(Stream):
         )
         self._thread.start()
         handoff.settled.wait(SUBSCRIBE_WAIT_S)
+
+    def _deliver_on_loop(self, value: Any) -> bool:
+        """A hot item emitted on the loop's own thread (a ``Subject`` fed by application code
+        on the loop) goes straight to the inputs, without the hand-off's lock and a hop
+        through the source's task, when that keeps every promise: the task is idle (nothing
+        emitted earlier is still on its way), no policy can raise into the emitter (``"error"``)
+        and no Rx subscriber of the output can either. Returns whether it was delivered."""
+        handoff = self._handoff
+        out = self._outputs["out"]
+        if (
+            handoff is None
+            or handoff.waiter is None  # the task is busy with earlier items (or not waiting)
+            or handoff.entries
+            or handoff.stopped
+            or self.policy == "error"
+            or out.observers
+            or out.closed
+            or out.abandoned
+        ):
+            return False
+        out._push_unpaused(value, self.policy, self.name)
+        return True
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         handoff = self._handoff
