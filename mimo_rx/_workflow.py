@@ -615,10 +615,19 @@ class _Run:
         wf = self.workflow
         self.chains = self._plan_fusion()
         followers = {f for chain in self.chains.values() for f in chain}
+        runtimes: dict[Step, StepRuntime] = {}
+        for step in wf.steps:
+            if step not in followers:
+                runtime = StepRuntime(step.name, None, list(step.stream._inputs.values()))
+                runtime.external = step.stream._external  # inlets/outlets are never stuck
+                runtimes[step] = runtime
+        for head, chain in self.chains.items():
+            for follower in chain:  # it runs in its head's task: its waits are the head's
+                runtimes[follower] = runtimes[head]
         steps = []
         for step in wf.steps:
             stream = step.stream
-            runtime = StepRuntime(step.name, None, list(stream._inputs.values()))
+            runtime = runtimes[step]
             for name, inp in stream._inputs.items():
                 upstreams = sum(1 for p in wf.pipes if p.target is step and p.input == name)
                 inp._configure(wf._threshold(step, name), upstreams, runtime)
@@ -667,7 +676,6 @@ class _Run:
             self.tasks[step] = task
         self.workflow._tasks = tasks
         self.workflow._run_state = "running"
-        self.monitor.caller = asyncio.current_task()
         if not tasks:
             self.workflow._begun_event().set()
             self.workflow._run_state = "done"

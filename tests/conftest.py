@@ -1,6 +1,8 @@
 """Hypothesis profiles: "ci" (default, 200 examples) and "deep" (2000), chosen by the
 environment variable HYPOTHESIS_PROFILE. Neither has a deadline: a run's duration depends on
-the event loop, not only on the example."""
+the event loop, not only on the example.
+
+The event loop: the standard one, or uvloop's with MIMO_RX_LOOP=uvloop."""
 
 from __future__ import annotations
 
@@ -21,3 +23,24 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# MIMO_RX_LOOP=uvloop runs every test on uvloop's event loop (``.ci/run`` does a second pass
+# with it): the harness, ``asyncio.run`` and ``Workflow.run()`` make their loops through the
+# policy.
+LOOP = os.environ.get("MIMO_RX_LOOP") or "asyncio"
+if LOOP not in ("asyncio", "uvloop"):
+    raise RuntimeError(f"MIMO_RX_LOOP must be 'asyncio' or 'uvloop', not {LOOP!r}")
+if LOOP == "uvloop":
+    import asyncio
+    from pathlib import Path
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # The processes tests start run on uvloop too (see uvloop_site/sitecustomize.py).
+    _site = str(Path(__file__).parent / "uvloop_site")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_site, os.environ.get("PYTHONPATH")]))
+
+
+def pytest_report_header() -> str:
+    return f"mimo_rx event loop: {LOOP} (MIMO_RX_LOOP)"

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import pytest
-from harness import Collector, RecordingObserver, linear, run_checked, source
+from harness import (
+    Collector,
+    RecordingObserver,
+    linear,
+    mapper,
+    run_checked,
+    source,
+    yield_to_loop,
+)
+from reactivex import operators as ops
 
 import mimo_rx
 from mimo_rx import DeadlockError, Stream, StreamError, Workflow
@@ -325,3 +335,396 @@ def test_a_deadlock_is_reported_when_a_streams_helper_task_is_stuck_too():
     j.pipe(p, output="done", input="back")
     with pytest.raises(DeadlockError, match="drain_b_first"):
         run_checked(wf)
+
+
+# -- inside real applications (issue #11): only the workflow's own tasks and timers count -------
+
+REPORT_BOUND_S = 5  # "within about a second", with room for a loaded machine
+
+
+def size_then_item(buffer_size: int = 3, *, producer=None, consumer=None) -> Workflow:
+    """The graph of issue #11: a producer pushes ``size`` then ``item``, 100 times, into a
+    consumer that drains ``item`` before it reads ``size``; ``size`` fills up and the producer
+    waits on it while the consumer waits for items that never come."""
+
+    async def produce(ins, outs, state):
+        for i in range(100):
+            await outs.size.push(1)
+            await outs.item.push(i)
+
+    async def drain_items_first(ins, outs, state):
+        async for _ in ins.item:
+            pass
+        async for _ in ins.size:
+            pass
+
+    wf = Workflow(buffer_size=buffer_size)
+    p = wf.add_stream(Stream(outs=["size", "item"], fn=producer or produce, name="producer"))
+    c = wf.add_stream(Stream(["size", "item"], fn=consumer or drain_items_first, name="consumer"))
+    p.pipe(c)  # size -> size, item -> item
+    return wf
+
+
+async def bounded(awaitable):
+    """Await ``awaitable`` under the test's own bound: a late report fails as TimeoutError."""
+    async with asyncio.timeout(REPORT_BOUND_S):
+        return await awaitable
+
+
+@pytest.mark.parametrize("how", ["await", "wait_for", "timeout", "task_awaited_later"])
+def test_a_deadlock_is_reported_promptly_however_the_caller_waits_for_the_run(how):
+    wf = size_then_item()
+
+    async def main():
+        if how == "await":
+            await bounded(wf.start())
+        elif how == "wait_for":
+            await bounded(asyncio.wait_for(wf.start(), 30))
+        elif how == "timeout":
+            async with asyncio.timeout(30):
+                await bounded(wf.start())
+        else:
+            run = asyncio.get_running_loop().create_task(wf.start())
+            await yield_to_loop()
+            await bounded(run)
+
+    with pytest.raises(DeadlockError) as info:
+        run_checked(main(), workflows=[wf])
+    assert_names(str(info.value), "'producer'", "'size'", "'consumer'", "'item'", "full")
+
+
+def test_a_deadlock_is_reported_while_an_application_task_sleeps_for_30_seconds():
+    wf = size_then_item()
+
+    async def main():
+        housekeeping = asyncio.get_running_loop().create_task(asyncio.sleep(30))
+        try:
+            await bounded(wf.start())
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+
+    with pytest.raises(DeadlockError, match="'consumer'"):
+        run_checked(main(), workflows=[wf])
+
+
+def test_a_deadlock_is_reported_beside_a_fast_heartbeat_under_wait_for():
+    wf = size_then_item()
+    beats = 0
+
+    async def heartbeat():
+        nonlocal beats
+        while True:
+            await asyncio.sleep(0.01)
+            beats += 1
+
+    async def main():
+        beating = asyncio.get_running_loop().create_task(heartbeat())
+        try:
+            await bounded(asyncio.wait_for(wf.start(), 30))
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+    with pytest.raises(DeadlockError, match="'producer'"):
+        run_checked(main(), workflows=[wf])
+    assert beats > 0  # the heartbeat did run beside the workflow
+
+
+def test_a_deadlock_is_reported_to_a_request_handler_of_a_server_on_the_same_loop():
+    """A service runs the workflow per request under ``wait_for``: the client gets the
+    verdict, not a timeout."""
+    wf = size_then_item()
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def handle(reader, writer):
+        handlers.append(asyncio.current_task())
+        await reader.readline()
+        try:
+            await asyncio.wait_for(wf.start(), 30)
+            writer.write(b"done\n")
+        except DeadlockError:
+            writer.write(b"deadlock\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"run\n")
+            reply = await bounded(reader.readline())
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.gather(*handlers)
+        return reply
+
+    assert run_checked(main(), workflows=[wf]) == b"deadlock\n"
+
+
+def through_helper(how: str, body):
+    """``body`` run as a helper task that the stream's own task awaits, the way ``how`` says."""
+
+    async def fn(ins, outs, state):
+        loop = asyncio.get_running_loop()
+        if how == "taskgroup":
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(body(ins, outs, state))
+        elif how == "gather":
+            await asyncio.gather(body(ins, outs, state))
+        elif how == "await":
+            await loop.create_task(body(ins, outs, state))
+        else:  # "await_late": the helper is stuck well before the stream starts awaiting it
+            helper = loop.create_task(body(ins, outs, state))
+            await asyncio.sleep(0.3)
+            await helper
+
+    return fn
+
+
+async def produce_sizes_and_items(ins, outs, state):
+    for i in range(100):
+        await outs.size.push(1)
+        await outs.item.push(i)
+
+
+async def drain_items_then_sizes(ins, outs, state):
+    async for _ in ins.item:
+        pass
+    async for _ in ins.size:
+        pass
+
+
+@pytest.mark.parametrize("where", ["producer", "consumer", "both"])
+@pytest.mark.parametrize("how", ["taskgroup", "gather", "await", "await_late"])
+def test_a_stream_awaiting_helpers_that_are_deadlocked_is_deadlocked(how, where):
+    producer = consumer = None
+    if where in ("producer", "both"):
+        producer = through_helper(how, produce_sizes_and_items)
+    if where in ("consumer", "both"):
+        consumer = through_helper(how, drain_items_then_sizes)
+    wf = size_then_item(producer=producer, consumer=consumer)
+    with pytest.raises(DeadlockError) as info:
+        run_checked(bounded(wf.start()), workflows=[wf])
+    message = str(info.value)
+    assert_names(message, "'producer'", "'consumer'", "'size'", "'item'", "helper task")
+
+
+def test_busy_helpers_inside_a_task_group_are_not_a_deadlock():
+    """One helper waits on the stream's input (stuck on its own) while the other sleeps
+    longer than the grace period before it pushes what comes back to that input."""
+    got: list[int] = []
+
+    async def feedback(ins, outs, state):
+        async def read_back():
+            async for item in ins.x:
+                got.append(item)
+
+        async def emit_later():
+            await asyncio.sleep(0.3)
+            for i in range(3):
+                await outs.y.push(i)
+            outs.y.close()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(read_back())
+            tg.create_task(emit_later())
+
+    wf = Workflow(buffer_size=1)
+    s = wf.add_stream(Stream(["x"], ["y"], fn=feedback))
+    relay = wf.add_stream(Stream(["y"], ["z"], name="relay"))
+    s.pipe(relay)
+    relay.pipe(s)
+    run_checked(wf)
+    assert got == [0, 1, 2]
+
+
+def test_a_pop_under_wait_for_inside_a_stream_is_not_a_deadlock():
+    """Like a pop under asyncio.timeout: the wait ends by its timeout and the stream goes on
+    (on 3.11 wait_for runs the pop in a task of its own, a helper)."""
+
+    async def produce(ins, outs, state):
+        for i in range(6):
+            await outs.out.push(i)
+
+    got: list[tuple[str, int]] = []
+
+    async def read_each_input_until_it_idles(ins, outs, state):
+        pending = {"a": ins.a, "b": ins.b}
+        while pending:
+            for name, port in list(pending.items()):
+                try:
+                    while True:
+                        got.append((name, await asyncio.wait_for(port.pop(), 0.3)))
+                except TimeoutError:
+                    pass  # idle: look at the other input
+                except mimo_rx.EndOfStream:
+                    del pending[name]
+
+    wf = Workflow(buffer_size=2)
+    p = wf.add_stream(Stream(outs=["out"], fn=produce))
+    j = wf.add_stream(Stream(["a", "b"], fn=read_each_input_until_it_idles))
+    p.pipe(j, input="a")
+    p.pipe(j, input="b")
+    run_checked(wf)
+    assert sorted(got) == sorted((n, i) for n in "ab" for i in range(6))
+
+
+def test_a_deadlock_through_a_fused_operator_chain_is_reported():
+    """``size`` goes through two operator stages, fused into one task: its waits count too."""
+    wf = Workflow(buffer_size=3)
+    p = wf.add_stream(Stream(outs=["size", "item"], fn=produce_sizes_and_items, name="producer"))
+    first = wf.add_stream(mimo_rx.operator(ops.map(lambda n: n), name="first"))
+    second = wf.add_stream(mimo_rx.operator(ops.map(lambda n: n), name="second"))
+    c = wf.add_stream(Stream(["size", "item"], fn=drain_items_then_sizes, name="consumer"))
+    p.pipe(first, output="size").pipe(second).pipe(c, input="size")
+    p.pipe(c, output="item", input="item")
+    with pytest.raises(DeadlockError) as info:
+        run_checked(bounded(wf.start()), workflows=[wf])
+    assert_names(str(info.value), "'producer'", "'first'", "'second'", "'consumer'", "full")
+
+
+# -- inlets and outlets: application code moves them, so they are never stuck ------------------
+
+
+class StandInInlet(Stream):
+    """Stands in for an inlet (``workflow.add_inlet``): an external step with one output
+    ``out`` that application code feeds; here it sends ``items`` once ``release`` is set."""
+
+    _external = True
+
+    def __init__(self, items=(), name: str = "inlet") -> None:
+        super().__init__(outs=["out"], name=name)
+        self.items = list(items)
+        self.release = asyncio.Event()
+
+    async def run(self, ins, outs):
+        await self.release.wait()
+        for item in self.items:
+            await outs.out.push(item)
+
+
+class StandInOutlet(Stream):
+    """Stands in for an outlet (``workflow.add_outlet``): an external step with one input
+    ``x`` that application code reads; here it reads everything once ``release`` is set."""
+
+    _external = True
+
+    def __init__(self, name: str = "outlet") -> None:
+        super().__init__(ins=["x"], name=name)
+        self.items: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def run(self, ins, outs):
+        await self.release.wait()
+        self.items = [item async for item in ins.x]
+
+
+async def release_later(external, run):
+    """The application sends (or reads) only after the grace period is long over."""
+    await asyncio.sleep(0.3)
+    external.release.set()
+    await run
+
+
+def test_a_stream_waiting_for_items_an_open_inlet_may_still_send_is_not_deadlocked():
+    inlet = StandInInlet(range(5))
+    sink = Collector()
+    wf, _ = linear(inlet, sink, buffer_size=2)
+
+    async def main():
+        await release_later(inlet, asyncio.get_running_loop().create_task(wf.start()))
+
+    run_checked(main(), workflows=[wf])
+    assert sink.items == list(range(5))
+
+
+def test_a_producer_paused_on_a_full_input_an_outlet_reads_is_not_deadlocked():
+    outlet = StandInOutlet()
+    wf, _ = linear(source(range(10)), outlet, buffer_size=2)
+
+    async def main():
+        await release_later(outlet, asyncio.get_running_loop().create_task(wf.start()))
+
+    run_checked(main(), workflows=[wf])
+    assert outlet.items == list(range(10))
+
+
+def test_a_deadlock_beside_an_open_inlet_is_reported_naming_only_the_deadlocked_streams():
+    wf = size_then_item()
+    inlet = wf.add_stream(StandInInlet(name="inlet"))
+    inlet.pipe(wf.add_stream(Collector(name="inlet_reader")))
+    with pytest.raises(DeadlockError) as info:
+        run_checked(bounded(wf.start()), workflows=[wf])
+    message = str(info.value)
+    assert_names(message, "'producer'", "'consumer'")
+    assert "inlet" not in message  # waiting on an inlet is not part of the deadlock
+
+
+def test_a_deadlock_beside_an_open_inlet_reaches_the_application_reading_an_outlet():
+    wf = size_then_item()
+    inlet = wf.add_inlet("orders")
+    outlet = wf.add_outlet("results")
+    inlet.pipe(wf.add_stream(mapper(str, name="pricing"))).pipe(outlet)
+
+    async def main():
+        run = asyncio.get_running_loop().create_task(wf.start())
+        with pytest.raises(DeadlockError):
+            await bounded(outlet.receive())  # nothing was sent: only the deadlock ends this
+        with pytest.raises(DeadlockError) as info:
+            await run
+        return str(info.value)
+
+    message = run_checked(main(), workflows=[wf])
+    assert_names(message, "'producer'", "'consumer'")
+    assert "pricing" not in message and "orders" not in message
+
+
+def test_streams_waiting_on_an_inlet_and_an_outlet_served_later_are_not_deadlocked():
+    wf = Workflow(buffer_size=2)
+    inlet = wf.add_inlet("orders")
+    outlet = wf.add_outlet("results")
+    inlet.pipe(wf.add_stream(mapper(lambda n: n * 10, name="pricing"))).pipe(outlet)
+    numbers = wf.add_outlet("numbers")
+    wf.add_stream(source(range(10), name="counter")).pipe(numbers)  # paused: numbers is full
+
+    async def main():
+        run = asyncio.get_running_loop().create_task(wf.start())
+        await asyncio.sleep(0.3)  # the application is busy elsewhere, well past the grace
+        for i in range(5):
+            await inlet.send(i)
+        inlet.close()
+        results = [item async for item in outlet]
+        counted = [item async for item in numbers]
+        await run
+        return results, counted
+
+    results, counted = run_checked(main(), workflows=[wf])
+    assert results == [0, 10, 20, 30, 40]
+    assert counted == list(range(10))
+
+
+# -- the event loop the suite runs on (MIMO_RX_LOOP, see conftest.py) -------------------------
+
+
+def test_the_tests_and_the_processes_they_start_run_on_the_loop_asked_for():
+    import os
+    import subprocess
+    import sys
+
+    wanted = "uvloop" if os.environ.get("MIMO_RX_LOOP") == "uvloop" else "asyncio"
+    probe = (
+        "import asyncio; loop = asyncio.new_event_loop(); loop.close(); "
+        "print(type(loop).__module__.split('.')[0])"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    )
+    loop = asyncio.new_event_loop()
+    loop.close()
+    here = type(loop).__module__.split(".")[0]
+    assert (here, child.stdout.strip()) == (wanted, wanted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import threading
@@ -194,7 +195,10 @@ def test_metrics_subscribed_during_the_run_starts_at_once_on_the_loop() -> None:
         loop_thread.append(threading.get_ident())
         wf.metrics(0.01).subscribe(seen)
         assert len(seen.items) == 1  # the first snapshot came at once
-        assert seen.items[0]["elapsed_s"] > 0
+        # A snapshot of the run under way; elapsed_s is on the loop's clock, and uvloop's
+        # (whole milliseconds, read once per loop iteration) may not have ticked yet.
+        assert "running" in statuses(seen.items[0])
+        assert seen.items[0]["elapsed_s"] >= 0
         await run
 
     run_checked(main(), workflows=[wf])
@@ -256,8 +260,8 @@ def test_the_run_leaves_no_metrics_timer_behind() -> None:
         await wf.start()
         loop = asyncio.get_running_loop()
         scheduled = getattr(loop, "_scheduled", None)  # asyncio's pending timer handles
-        if scheduled is None:
-            pytest.skip("this event loop does not expose its timers")
+        if scheduled is None:  # uvloop keeps no such list: its live handles are on the heap
+            scheduled = [h for h in gc.get_objects() if type(h).__name__ == "TimerHandle"]
         # Ours would be due in an hour (the harness's own timeout is due in seconds).
         return [h for h in scheduled if not h.cancelled() and h.when() > loop.time() + 600]
 
