@@ -72,7 +72,8 @@ class Input(Generic[T]):
     """A stream's input port: a bounded FIFO buffer fed by one or more outputs.
 
     Inside ``async def run`` use ``await ins.x.pop()``, ``await ins.x.peek()`` or
-    ``async for item in ins.x``. ``len(ins.x)`` is the number of buffered items.
+    ``async for item in ins.x``. ``len(ins.x)`` is the number of buffered items. Streams make
+    their ports; reach one from outside a run with ``stream.input('x')``.
     """
 
     __slots__ = (
@@ -560,6 +561,7 @@ class Output(Subject[T]):
     ``await outs.y.push(item)`` delivers ``item`` to every connected input (each gets every
     item, in push order) and to every Rx subscriber. It suspends while any connected input is
     full. Subscribe with Rx as usual: ``stream.output('y').pipe(ops.map(str)).subscribe(print)``.
+    Streams make their ports; reach one from outside a run with ``stream.output('y')``.
     """
 
     def __init__(self, name: str, stream_name: str) -> None:
@@ -772,8 +774,10 @@ class Output(Subject[T]):
 
     @property
     def abandoned(self) -> bool:
-        """True when nothing will ever see another push: every connected input's stream has
-        finished and no Rx observer is subscribed. Sources use it to stop pulling early."""
+        """True when nothing will ever see another push (sources stop pulling then).
+
+        That is: every connected input's stream has finished and no Rx observer is subscribed.
+        """
         switched = self._switched
         own = 0 if switched is None else 1  # the internal observer of switched inputs
         connected = bool(self.targets or self._lossy or (switched and switched.inputs))

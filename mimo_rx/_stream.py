@@ -200,7 +200,7 @@ class Stream:
         """Default behaviour: forward each input to the output in the same position.
 
         Inputs without a matching output are read and dropped; with no inputs, nothing is
-        emitted. This is a mimo 1.0 step function (see :func:`drive_step_function`):
+        emitted. This is a mimo 1.0 step function (a plain ``def``, see the class docstring):
         it forwards what is buffered and asks to be called again when an output filled up.
         """
         more = False

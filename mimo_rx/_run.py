@@ -1,0 +1,341 @@
+"""One run of a workflow: the step tasks, their supervision, and the bookkeeping at the end.
+
+``Workflow.start()`` makes a :class:`Run` and awaits :meth:`Run.run`: it wires the ports (and
+fuses adjacent operator stages), starts one task per step, and does not return (or raise)
+before every one of them has ended. The first stream to fail, a deadlock, ``cancel()`` or the
+cancellation of ``start()`` itself cancels all the others; every Rx subscriber of an unfinished
+output then receives a terminal ``on_error``. ``stop()`` stops the sources gracefully and lets
+the rest drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._errors import (
+    BufferOverflowError,
+    DeadlockError,
+    SourceOverflowError,
+    StreamError,
+    WorkflowCancelled,
+    WorkflowError,
+)
+from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
+from ._stream import FusedStageError, UserStopIteration
+
+if TYPE_CHECKING:
+    from ._workflow import Step, Workflow
+
+
+class Run:
+    """One run of a workflow: the tasks, their supervision and the final bookkeeping."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.loop = asyncio.get_running_loop()
+        self.stop: asyncio.Future[None] = self.loop.create_future()
+        self.monitor = Monitor(self._on_deadlock)
+        self.deadlock: DeadlockError | None = None
+        self.failures: list[StreamError] = []
+        self.remaining = 0
+        self.begun = 0  # step tasks that have started
+        self.chains: dict[Step, list[Step]] = {}
+        self.stopping = False  # workflow.stop(): sources stop, the rest drains
+        self.graceful: set[Step] = set()  # sources cancelled by stop(): that is their return
+        self.cancelled = False  # workflow.cancel()
+        self.tasks: dict[Step, asyncio.Task[None]] = {}
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the run's loop soon (from any thread or a signal handler)."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
+            self.loop.call_soon_threadsafe(callback)
+
+    def graceful_stop(self) -> None:
+        if self.stopping or self.stop.done():
+            return
+        self.stopping = True
+        for step, task in self.tasks.items():
+            if step.stream.ins or task.done():
+                continue
+
+            def cancel(step: Step = step, task: asyncio.Task[None] = task) -> None:
+                if not task.done():
+                    self.graceful.add(step)
+                    task.cancel()
+
+            step.stream._stop_source(cancel)
+
+    def cancel(self) -> None:
+        if not self.stop.done():
+            self.cancelled = True
+            self._stop()
+
+    def _plan_fusion(self) -> dict[Step, list[Step]]:
+        """Find chains of adjacent fusable streams (``operator()`` stages); head -> followers.
+
+        Two stages fuse when the first's only output feeds only the second's only input, that
+        input has no other upstream, and no Rx observer watches the output between them: the
+        items then go through one synchronous Rx chain instead of a buffer hop per stage.
+        """
+        pipes = self.workflow.pipes
+
+        def successor(step: Step) -> Step | None:
+            stream = step.stream
+            if not stream._fusable or len(stream.outs) != 1:
+                return None
+            # The ``errors`` pipes of a resuming stage do not stand in the way of fusing.
+            out_pipes = [p for p in pipes if p.source is step and p.output in stream.outs]
+            if len(out_pipes) != 1:
+                return None
+            pipe = out_pipes[0]
+            nxt = pipe.target
+            if nxt is step or not nxt.stream._fusable or len(nxt.stream.ins) != 1:
+                return None
+            if nxt.stream._on_error != stream._on_error:  # one chain resumes as one
+                return None
+            if pipe.policy != "block":
+                return None
+            if sum(1 for p in pipes if p.target is nxt) != 1:
+                return None
+            if stream._outputs[pipe.output].observers:
+                return None
+            return nxt
+
+        successors = {step: successor(step) for step in self.workflow.steps}
+        followed = {nxt for nxt in successors.values() if nxt is not None}
+        chains: dict[Step, list[Step]] = {}
+        for step, nxt in successors.items():
+            if nxt is None or step in followed:
+                continue
+            chain = []
+            while nxt is not None:
+                chain.append(nxt)
+                nxt = successors[nxt]
+            chains[step] = chain
+        return chains
+
+    def _wire(self) -> list[tuple[Step, StepRuntime]]:
+        wf = self.workflow
+        self.chains = self._plan_fusion()
+        followers = {f for chain in self.chains.values() for f in chain}
+        runtimes: dict[Step, StepRuntime] = {}
+        for step in wf.steps:
+            if step not in followers:
+                runtime = StepRuntime(step.name, None, list(step.stream._inputs.values()))
+                runtime.external = step.stream._external  # inlets/outlets are never stuck
+                runtimes[step] = runtime
+        for head, chain in self.chains.items():
+            for follower in chain:  # it runs in its head's task: its waits are the head's
+                runtimes[follower] = runtimes[head]
+        steps = []
+        for step in wf.steps:
+            stream = step.stream
+            runtime = runtimes[step]
+            for name, inp in stream._inputs.items():
+                upstreams = sum(1 for p in wf.pipes if p.target is step and p.input == name)
+                inp._configure(wf._threshold(step, name), upstreams, runtime)
+            for out in stream._outputs.values():
+                out._rt = runtime
+            if step not in followers:  # a fused follower runs inside its head's task
+                self.monitor.add(runtime)
+                steps.append((step, runtime))
+        for p in wf.pipes:
+            out = p.source.stream._outputs[p.output]
+            inp = p.target.stream._inputs[p.input]
+            if p.target in followers:  # a follower's only pipe is its link in the chain
+                inp._feeders.append(out)  # the link counts the items that pass (_Counting)
+            else:
+                out._connect(inp, p.policy)
+        for head, chain in self.chains.items():
+            head.stream._fuse([step.stream for step in chain])
+        return steps
+
+    async def run(self) -> None:
+        steps = self._wire()
+        self.remaining = len(steps)
+        for step, _ in steps:
+            step.stream._on_start()
+        watch = self.workflow._watch
+        watch.run_started(self.loop, [runtime for _, runtime in steps])
+        untrack = track_spawned_tasks(self.loop)
+        error: BaseException | None = None
+        try:
+            await self._supervise(steps)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            untrack()
+            for step in self.workflow.steps:
+                step.stream._on_end(error)
+            watch.run_ended()  # every status is final: the last snapshot, then completion
+
+    async def _supervise(self, steps: list[tuple[Step, StepRuntime]]) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        for step, runtime in steps:
+            task = self.loop.create_task(self._run_step(step, runtime), name=f"mimo_rx:{step.name}")
+            runtime.task = task
+            tasks.append(task)
+            self.tasks[step] = task
+        self.workflow._tasks = tasks
+        self.workflow._run_state = "running"
+        if not tasks:
+            self.workflow._begun_event().set()
+            self.workflow._run_state = "done"
+            return
+        try:
+            await asyncio.shield(self.stop)
+        except asyncio.CancelledError:
+            await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
+            raise
+        finally:
+            self.monitor.close()
+        if self.cancelled:
+            await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
+            raise WorkflowCancelled()
+        if self.deadlock is not None:
+            await self._shutdown(tasks, self.deadlock, "failed")
+            _attach_others(self.deadlock, self.failures)
+            raise self.deadlock
+        if self.failures:
+            first = self.failures[0]
+            await self._shutdown(tasks, first, "failed")
+            first.errors = list(self.failures)
+            _attach_others(first, self.failures[1:])
+            raise first from first.error
+        self.workflow._run_state = "done"
+
+    async def _run_step(self, step: Step, runtime: StepRuntime) -> None:
+        current_step.set(runtime)  # tasks this stream spawns are tracked as its helpers
+        group = [step, *self.chains.get(step, [])]  # the step and any fused behind it
+        for member in group:
+            member.status = "running"
+        self.begun += 1
+        if self.begun == len(self.tasks):
+            self.workflow._begun_event().set()
+        try:
+            try:
+                await step.stream._execute()
+            except asyncio.CancelledError:
+                if step not in self.graceful or self.stop.done():
+                    raise
+                # workflow.stop() cancelled this source: that is how it returns.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+            # Closing notifies Rx subscribers, whose errors are this stream's failure.
+            for member in group:
+                for out in member.stream._outputs.values():
+                    out.close()
+        except asyncio.CancelledError:
+            for member in group:
+                member.status = "cancelled"
+            raise
+        except Exception as exc:
+            failed = step
+            if isinstance(exc, FusedStageError):
+                failed = next(m for m in group if m.name == exc.step_name)
+            for member in group:
+                member.status = "failed" if member is failed else "cancelled"
+            failed.error = exc
+            self.failures.append(_stream_error(failed.name, exc))
+            self._stop()
+        else:
+            for member in group:
+                member.status = "done"
+        finally:
+            for member in group:
+                member.stream._finish_inputs()
+            self.monitor.finished(runtime)
+            self.remaining -= 1
+            if self.remaining == 0:
+                self._stop()
+
+    def _stop(self) -> None:
+        if not self.stop.done():
+            self.stop.set_result(None)
+
+    def _on_deadlock(self, waits: list[str]) -> None:
+        if self.deadlock is None and not self.stop.done():
+            self.deadlock = DeadlockError(waits)
+            self._stop()
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], reason: Exception, state: str
+    ) -> None:
+        """Cancel every task still running and wait for all of them, within a grace period.
+
+        Every Rx subscriber gets its terminal signal even when a stream will not stop; then
+        ``WorkflowError`` names the streams still running.
+        """
+        self.workflow._run_state = state
+        for task in tasks:
+            task.cancel()
+        pending = {t for t in tasks if not t.done()}
+        grace = self.workflow.cancel_timeout
+        deadline = self.loop.time() + grace
+        while pending:
+            timeout = deadline - self.loop.time()
+            if timeout <= 0:
+                break
+            try:
+                _, pending = await asyncio.wait(pending, timeout=timeout)
+            except asyncio.CancelledError:
+                continue  # cancelled again while cleaning up: finish cleaning up first
+            for task in pending:
+                task.cancel()
+        retrieve_exceptions(tasks)
+        self._terminate_subscribers(reason)
+        if pending:
+            stuck = ", ".join(repr(t.get_name().removeprefix("mimo_rx:")) for t in pending)
+            raise WorkflowError(
+                f"stream(s) {stuck} did not stop within {grace} s of being "
+                "cancelled; do not swallow asyncio.CancelledError in stream code"
+            ) from reason
+
+    def _terminate_subscribers(self, reason: Exception) -> None:
+        for step in self.workflow.steps:
+            if step.status in ("pending", "running"):
+                step.status = "cancelled"
+            for port in step.stream._outputs.values():
+                error = (
+                    WorkflowCancelled(step.name, port.name)
+                    if isinstance(reason, WorkflowCancelled)
+                    else reason
+                )
+                try:
+                    port._fail(error)
+                except Exception as exc:
+                    # reactivex's default on_error re-raises what it was given: not news.
+                    if exc is not error:
+                        self.failures.append(_stream_error(step.name, exc))
+
+
+def retrieve_exceptions(tasks: list[asyncio.Task[None]]) -> None:
+    """Mark the outcome of finished tasks as seen (no "exception was never retrieved")."""
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+def _attach_others(error: Exception, others: list[StreamError]) -> None:
+    """Make the failures that came with ``error`` part of its report: none is swallowed."""
+    for other in others:
+        if other is not error:
+            error.add_note(f"also: {other}")
+    if isinstance(error, DeadlockError):
+        error.errors = list(others)
+
+
+def _stream_error(name: str, exc: BaseException) -> StreamError:
+    if isinstance(exc, (UserStopIteration, FusedStageError)):  # carriers: unwrap
+        exc = exc.original
+    if isinstance(exc, BufferOverflowError):
+        error: StreamError = SourceOverflowError(name, exc)
+    else:
+        error = StreamError(name, exc)
+    error.__cause__ = exc
+    return error
