@@ -36,31 +36,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]  # mimo_rx from the repo
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # mimo_rx from the repo, bench modules by name
+
+from rss import _proc_status_kib, _reset_peak  # noqa: E402
 
 from mimo_rx import Workflow  # noqa: E402
 
 THREADS = 2
 CAPACITY = 1024
-
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 # -- the thread cases: each returns (count, sum) of what the consumer got ---------------------
@@ -238,10 +221,10 @@ def _rss_child(n: int) -> None:
     """In a fresh interpreter: reset the peak-RSS counter, run the mimo_rx thread case once,
     print the peak growth in MiB (what the run itself added, imports excluded)."""
     gc.collect()
-    _reset_peak_rss()
-    baseline = _rss_kib("VmRSS")
+    _reset_peak()
+    baseline = _proc_status_kib("VmRSS")
     timed(mimo_threads, n, (THREADS * n, THREADS * n * (n - 1) // 2), "wall")
-    peak = _rss_kib("VmHWM")
+    peak = _proc_status_kib("VmHWM")
     print("nan" if baseline is None or peak is None else (peak - baseline) / 1024)
 
 
