@@ -9,39 +9,29 @@ block that calls ``workflow.run()`` (which installs signal handlers and owns its
 isolated from pytest's, and no block can lean on state left by another. Blocks run without the
 network; none may need it.
 
-Marks, each with its reason:
-
-* ``<!-- not-run: reason -->`` on the line right above a block in docs/ keeps it from running
-  (a fragment, the shape of a result, an address of a cluster you do not have). The reason is
-  required and is shown as the skip reason.
-* README.md belongs to another part of the project; its not-run blocks are listed in
-  ``README_NOT_RUN`` below, with their reasons, so this module does not need to edit it.
-* ``FEATURE_PENDING`` lists the blocks that document a feature not yet in this build (the
-  CONTRACT is the spec the pages were written from). Such a block is skipped while its feature
-  is absent, and runs by itself once the feature lands: the skip condition is the feature's
-  absence, never a flag to remember.
+Marks, each with its reason: ``<!-- not-run: reason -->`` on the line right above a block keeps
+it from running (a fragment, the shape of a result, an address of a cluster you do not have).
+The reason is required and is shown as the skip reason. Every feature the pages document is in
+the package, so every other block runs.
 
 Why a collector of our own rather than pytest-markdown-docs or pytest-examples: both run blocks
 in the pytest process (a block's ``workflow.run()`` would meet pytest's own signal handlers and
-warnings filters, and a hang could not be stopped), pytest-markdown-docs collects through a
-command-line flag that the README's test command does not pass, and neither can skip a block
-on a feature's absence. What we need is ~100 lines of stdlib.
+warnings filters, and a hang could not be stopped), and pytest-markdown-docs collects through a
+command-line flag that the README's test command does not pass. What we need is ~100 lines of
+stdlib.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import importlib.util
 import inspect
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -51,125 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REFERENCE = DOCS / "reference"
 BLOCK_TIMEOUT_S = 60  # a block is a small program; the slowest (a Dask cluster) takes ~5 s
-
-# -- marks -------------------------------------------------------------------------------------
-
-# README.md blocks that are not programs (README.md is edited elsewhere; its marks live here).
-README_NOT_RUN: dict[str, str] = {
-    "watching-a-workflow": "the shape of a stats() snapshot, with '...' for the other streams",
-}
-
-
-def _has(path: str) -> Callable[[], bool]:
-    """A feature check: ``mimo_rx.<path>`` exists (``Workflow.add_inlet``, ``Failure``)."""
-
-    def check() -> bool:
-        obj: object = mimo_rx
-        for part in path.split("."):
-            if not hasattr(obj, part):
-                return False
-            obj = getattr(obj, part)
-        return True
-
-    check.__doc__ = f"mimo_rx.{path}"
-    return check
-
-
-def _accepts(fn_path: str, keyword: str) -> Callable[[], bool]:
-    """A feature check: the callable ``mimo_rx.<fn_path>`` takes the keyword ``keyword``."""
-
-    def check() -> bool:
-        obj: object = mimo_rx
-        for part in fn_path.split("."):
-            obj = getattr(obj, part)
-        assert callable(obj)
-        return keyword in inspect.signature(obj).parameters
-
-    check.__doc__ = f"mimo_rx.{fn_path}(..., {keyword}=...)"
-    return check
-
-
-def _module(name: str) -> Callable[[], bool]:
-    def check() -> bool:
-        return importlib.util.find_spec(name) is not None
-
-    check.__doc__ = name
-    return check
-
-
-@functools.cache
-def _deadlock_reported_under_wait_for() -> bool:
-    """CONTRACT 9 in applications has no name to look for, so this asks the code: is a
-    deadlock reported while the caller waits in ``asyncio.wait_for``? (Up to 3 s when not.)"""
-
-    async def drain_left_first(ins: Any, outs: Any, state: Any) -> None:
-        async for _ in ins.left:
-            pass
-        async for _ in ins.right:
-            pass
-
-    workflow = mimo_rx.Workflow(buffer_size=2)
-    numbers = workflow.add_source(range(20))
-    consumer = workflow.add_stream(mimo_rx.Stream(["left", "right"], fn=drain_left_first))
-    numbers.pipe(consumer, input="left")
-    numbers.pipe(consumer, input="right")
-
-    async def main() -> bool:
-        try:
-            await asyncio.wait_for(workflow.start(), timeout=3)
-        except mimo_rx.DeadlockError:
-            return True
-        except TimeoutError:
-            return False
-        return False
-
-    return asyncio.run(main())
-
-
-_deadlock_reported_under_wait_for.__doc__ = "deadlock detection under asyncio.wait_for (CONTRACT 9)"
-
-
-# The features being built while these pages were written, each with the check that tells
-# whether this build has it.
-FEATURES: dict[str, Callable[[], bool]] = {
-    "inlets": _has("Workflow.add_inlet"),
-    "running": _has("Workflow.running"),
-    "stop": _has("Workflow.stop"),
-    "as_observable": _has("Workflow.as_observable"),
-    "supervision": _has("Failure"),
-    "retries": _accepts("map_stream", "retries"),
-    "pipe_policy": _accepts("Step.pipe", "policy"),
-    "metrics": _has("Workflow.metrics"),
-    "events": _has("Workflow.events"),
-    "prometheus": _module("mimo_rx.prometheus"),
-    "batches": _has("Input.pop_many"),
-    "push_many": _has("Output.push_many"),
-    "deadlock_under_wait_for": _deadlock_reported_under_wait_for,
-}
-
-# (file, block id) -> the features the block needs.
-FEATURE_PENDING: dict[tuple[str, str], tuple[str, ...]] = {
-    ("docs/guides/application.md", "inlets-and-outlets"): ("inlets", "running"),
-    ("docs/guides/application.md", "feeding-from-another-thread"): ("inlets", "running"),
-    ("docs/guides/application.md", "stopping-and-cancelling"): ("stop",),
-    ("docs/guides/application.md", "stopping-and-cancelling-2"): ("inlets", "stop"),
-    ("docs/guides/application.md", "signals"): ("stop",),
-    ("docs/guides/application.md", "as-an-observable"): ("as_observable",),
-    ("docs/guides/application.md", "a-web-service"): ("inlets", "running"),
-    ("docs/guides/failures.md", "resuming"): ("supervision",),
-    ("docs/guides/failures.md", "the-errors-output"): ("supervision",),
-    ("docs/guides/failures.md", "the-errors-output-2"): ("supervision",),
-    ("docs/guides/failures.md", "streams-that-resume"): ("supervision",),
-    ("docs/guides/failures.md", "retries-and-timeouts"): ("supervision", "retries"),
-    ("docs/guides/backpressure.md", "per-branch-isolation"): ("pipe_policy",),
-    ("docs/guides/observability.md", "metrics-over-time"): ("metrics",),
-    ("docs/guides/observability.md", "events"): ("events",),
-    ("docs/guides/observability.md", "prometheus"): ("prometheus",),
-    ("docs/guides/batches.md", "reading-in-batches"): ("batches",),
-    ("docs/guides/batches.md", "pushing-in-batches"): ("batches", "push_many"),
-    ("docs/guides/deadlocks.md", "inside-an-application"): ("deadlock_under_wait_for",),
-}
-
 
 # -- collecting --------------------------------------------------------------------------------
 
@@ -224,8 +95,6 @@ def blocks_of(path: Path) -> Iterator[Block]:
         block_id = section if seen[section] == 1 else f"{section}-{seen[section]}"
         mark = _NOT_RUN.match(lines[start - 1]) if start > 0 else None
         reason = mark["reason"] if mark else None
-        if rel == "README.md":
-            reason = README_NOT_RUN.get(block_id, reason)
         yield Block(rel, block_id, start + 1, "\n".join(body) + "\n", reason)
 
 
@@ -239,11 +108,6 @@ BLOCKS = [block for path in doc_files() for block in blocks_of(path)]
 # -- running -----------------------------------------------------------------------------------
 
 
-def _missing_features(block: Block) -> list[str]:
-    needed = FEATURE_PENDING.get((block.file, block.id), ())
-    return [FEATURES[name].__doc__ or name for name in needed if not FEATURES[name]()]
-
-
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 30)
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.file}::{b.id}" for b in BLOCKS])
 def test_code_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
@@ -251,9 +115,6 @@ def test_code_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
         if not block.not_run:
             pytest.fail(f"{block.file}:{block.line}: a not-run mark needs a reason")
         pytest.skip(f"not run: {block.not_run}")
-    missing = _missing_features(block)
-    if missing:
-        pytest.skip(f"pending feature, not in this build: {', '.join(missing)}")
     script = tmp_path / "block.py"
     script.write_text(block.code, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -276,15 +137,6 @@ def test_code_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
     )
 
 
-def test_every_mark_names_a_block_that_exists() -> None:
-    ids = {(b.file, b.id) for b in BLOCKS}
-    stale = [key for key in FEATURE_PENDING if key not in ids]
-    stale += [("README.md", key) for key in README_NOT_RUN if ("README.md", key) not in ids]
-    assert not stale, f"marks for blocks that no longer exist (update tests/test_docs.py): {stale}"
-    unknown = {f for needed in FEATURE_PENDING.values() for f in needed} - set(FEATURES)
-    assert not unknown, f"FEATURE_PENDING names features FEATURES does not define: {unknown}"
-
-
 def test_block_ids_are_unique_so_that_marks_are_unambiguous() -> None:
     ids = [(b.file, b.id) for b in BLOCKS]
     assert len(ids) == len(set(ids))
@@ -296,18 +148,9 @@ def test_block_ids_are_unique_so_that_marks_are_unambiguous() -> None:
 def public_names() -> dict[str, object]:
     """Every public name: ``mimo_rx.__all__`` and ``mimo_rx.prometheus.instrument``."""
     names: dict[str, object] = {f"mimo_rx.{n}": getattr(mimo_rx, n) for n in mimo_rx.__all__}
-    if FEATURES["prometheus"]():
-        prometheus = importlib.import_module("mimo_rx.prometheus")
-        names["mimo_rx.prometheus.instrument"] = prometheus.instrument
+    prometheus = importlib.import_module("mimo_rx.prometheus")
+    names["mimo_rx.prometheus.instrument"] = prometheus.instrument
     return names
-
-
-def excluded_pages() -> set[str]:
-    """The pages mkdocs.yml's ``exclude_docs`` keeps off the site (plain text parsing: the
-    suite must not need the docs extra installed)."""
-    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    match = re.search(r"^exclude_docs:\s*\|\n((?:[ \t]+\S.*\n?)*)", text, re.MULTILINE)
-    return {line.strip() for line in match[1].splitlines()} if match else set()
 
 
 def documented_names() -> dict[str, str]:
@@ -336,7 +179,5 @@ def test_every_public_name_has_a_docstring_with_a_summary_line(name: str) -> Non
 def test_every_public_name_appears_in_a_published_api_reference_page(name: str) -> None:
     pages = documented_names()
     assert name in pages, f"{name} is in no docs/reference page; add '::: {name}' to one"
-    assert pages[name] not in excluded_pages(), (
-        f"{name} is documented on {pages[name]}, which mkdocs.yml still keeps off the site: "
-        f"delete that line under exclude_docs and un-comment its entry in the nav"
-    )
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert pages[name] in nav, f"{name} is documented on {pages[name]}, which is not in the nav"
