@@ -103,23 +103,38 @@ class StreamError(MimoError):
 
 
 class BufferOverflowError(MimoError):
-    """A source that cannot be paused overflowed an input whose policy is ``"error"``."""
+    """An input was full where the policy is ``"error"``: a hot source's, or a pipe's.
 
-    def __init__(self, stream: str, port: str, threshold: int, source: str) -> None:
+    A hot source that cannot be paused, or a pipe made with ``policy="error"``, found the input
+    it feeds full. ``stream`` and ``port`` name that input; the run fails.
+    """
+
+    def __init__(
+        self, stream: str, port: str, threshold: int, source: str, *, pipe: bool = False
+    ) -> None:
         self.stream = stream
         self.port = port
         self.threshold = threshold
-        super().__init__(
-            f"input {port!r} of stream {stream!r} is full ({threshold} items) and the hot "
-            f"source {source!r} cannot be paused; raise its buffer_size or choose another "
-            'policy ("buffer", "drop_newest", "drop_oldest", "latest")'
-        )
+        if pipe:
+            message = (
+                f"input {port!r} of stream {stream!r} is full ({threshold} items) and the pipe "
+                f"from stream {source!r} has policy 'error'; raise the input's buffer_size, "
+                'read it faster, or choose another policy ("block", "drop_oldest", ...)'
+            )
+        else:
+            message = (
+                f"input {port!r} of stream {stream!r} is full ({threshold} items) and the hot "
+                f"source {source!r} cannot be paused; raise its buffer_size or choose another "
+                'policy ("buffer", "drop_newest", "drop_oldest", "latest")'
+            )
+        super().__init__(message)
 
 
 class SourceOverflowError(StreamError, BufferOverflowError):
-    """Raised by ``run()``/``start()`` when a hot source overflowed an ``"error"`` input.
+    """Raised by ``run()``/``start()`` when an input with an ``"error"`` policy overflowed.
 
-    It is both the ``StreamError`` of the source (``stream`` is the source's step name,
+    The producer was a hot source, or a stream pushing through a pipe with ``policy="error"``.
+    It is both the ``StreamError`` of that producer (``stream`` is its step name,
     ``__cause__`` the original ``BufferOverflowError``) and a ``BufferOverflowError`` (with the
     overflowing ``port`` and its ``threshold``), so either can be caught.
     """

@@ -368,7 +368,9 @@ class Input(Generic[T]):
         elif policy == "discard":
             self.discarded += 1
         elif policy == "error" and source.startswith("pipe:"):
-            raise PipeOverflowError(self.stream_name, self.name, self.threshold, source[5:])
+            raise BufferOverflowError(
+                self.stream_name, self.name, self.threshold, source[5:], pipe=True
+            )
         else:
             raise BufferOverflowError(self.stream_name, self.name, self.threshold, source)
 
@@ -424,25 +426,6 @@ class Input(Generic[T]):
         self._open_upstreams = upstreams
         self._closed = upstreams == 0
         self._rt = runtime
-
-
-class PipeOverflowError(BufferOverflowError):
-    """A pipe with ``policy="error"`` found its input full (the pushing stream fails).
-
-    Internal (not exported): users catch ``BufferOverflowError``; the name shows in the
-    ``StreamError`` message of the pushing stream.
-    """
-
-    def __init__(self, stream: str, port: str, threshold: int, producer: str) -> None:
-        self.stream = stream
-        self.port = port
-        self.threshold = threshold
-        MimoError.__init__(
-            self,
-            f"input {port!r} of stream {stream!r} is full ({threshold} items) and the pipe "
-            f"from stream {producer!r} has policy 'error'; raise the input's buffer_size, "
-            'read it faster, or choose another policy ("block", "drop_oldest", ...)',
-        )
 
 
 class Batches(Generic[T]):

@@ -373,8 +373,9 @@ class Workflow:
         """Run the workflow to the end, blocking; returns when every stream is done.
 
         SIGTERM drains the run (``stop()``) and ``run()`` then returns normally; SIGINT (Ctrl-C)
-        cancels it; a second signal of either kind during a drain cancels it. Both then raise
-        ``KeyboardInterrupt``. The previous signal handlers are restored on return.
+        cancels it; a second signal of either kind during a drain cancels it. SIGINT, or a
+        second signal during a drain, makes ``run()`` raise ``KeyboardInterrupt``. The previous
+        signal handlers are restored on return.
 
         Raises:
             WorkflowError: called from inside a running event loop (use ``await start()``),
