@@ -664,7 +664,7 @@ class Output(Subject[T]):
             if room <= 0:
                 if chunks.exhausted():  # return as the last push would, without waiting
                     return True
-                await self._wait_for_room()
+                await self._wait_for_room("push_many()")
                 continue
             chunk = chunks.take(room)
             if not chunk:
@@ -723,8 +723,9 @@ class Output(Subject[T]):
         if self.observers:
             self._notify(item)
 
-    async def _wait_for_room(self) -> None:
-        """Park until every connected input has room (or has finished)."""
+    async def _wait_for_room(self, what: str = "push()") -> None:
+        """Park until every connected input has room (or has finished); ``what`` names the
+        wait in a deadlock report."""
         loop = self._rt.loop or asyncio.get_running_loop()
         while True:
             full = next((t for t in self.targets if not t._has_room()), None)
@@ -736,7 +737,7 @@ class Output(Subject[T]):
                 continue
             waiter: asyncio.Future[None] = loop.create_future()
             full._producers.append(waiter)
-            parked = self._rt.park("push()", self, waiter)
+            parked = self._rt.park(what, self, waiter)
             events = self._rt.events  # workflow.events: None while nobody listens
             if events is not None:
                 event = {"stream": self.stream_name, "output": self.name}

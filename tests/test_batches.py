@@ -710,6 +710,7 @@ def test_a_graph_stuck_in_push_many_or_pop_many_fails_with_deadlock_error(push, 
         assert fragment in message, (fragment, message)
     if read != "async for":
         assert f"{read}()" in message
+    assert f"waits in {push}()" in message  # the producer's wait is named after its call
 
 
 def test_the_same_graph_with_enough_room_finishes_with_batches_and_push_many():
