@@ -48,12 +48,21 @@ def _node_ids(steps: Iterable[Step]) -> dict[str, str]:
     return {step.name: f"s{i}" for i, step in enumerate(steps)}
 
 
+def _outputs_drawn(step: Step) -> list[str]:
+    """The step's outputs, and its hidden ``errors`` output too once a pipe uses it."""
+    outs = list(step.stream.outs)
+    if any(p.source is step and p.output not in outs for p in step.workflow.pipes):
+        outs.append("errors")
+    return outs
+
+
 def _ports_line(step: Step) -> str:
     parts = []
     if step.stream.ins:
         parts.append("in: " + ", ".join(step.stream.ins))
-    if step.stream.outs:
-        parts.append("out: " + ", ".join(step.stream.outs))
+    outs = _outputs_drawn(step)
+    if outs:
+        parts.append("out: " + ", ".join(outs))
     return " · ".join(parts)
 
 
@@ -183,8 +192,9 @@ def _dot_node(step: Step, node_id: str, started: bool) -> str:
     if step.stream.ins:
         cells.append(_dot_ports(step.stream.ins, "i"))
     cells.append(f'<td bgcolor="{fill}">{title}</td>')
-    if step.stream.outs:
-        cells.append(_dot_ports(step.stream.outs, "o"))
+    outs = _outputs_drawn(step)
+    if outs:
+        cells.append(_dot_ports(outs, "o"))
     table = (
         f'<table border="1" cellborder="0" cellspacing="0" cellpadding="4" color="{stroke}">'
         f"<tr>{''.join(cells)}</tr></table>"

@@ -244,3 +244,17 @@ def test_an_empty_workflow_renders_as_an_empty_graph() -> None:
     assert wf.to_mermaid() == "flowchart LR\n"
     assert wf.to_dot().startswith("digraph workflow {")
     check_dot(wf.to_dot())
+
+
+def test_a_piped_errors_output_is_drawn_as_a_port_of_its_stream() -> None:
+    from mimo_rx import map_stream
+
+    workflow = Workflow()
+    parse = workflow.add_stream(map_stream(int, on_error="resume", name="parse"))
+    dead = workflow.add_stream(Stream(["x"], name="dead"))
+    workflow.add_stream(Stream(outs=["out"], name="src")).pipe(parse)
+    parse.pipe(dead, output="errors")
+    dot = workflow.to_dot()
+    mermaid = workflow.to_mermaid()
+    assert 'port="o_errors"' in dot  # the edge's tail port exists in the node
+    assert "out: y, errors" in mermaid
