@@ -857,3 +857,55 @@ def test_a_resuming_time_operator_that_fails_on_a_timer_resumes() -> None:
     assert [type(f.error) for f in dead.items] == [ValueError]
     assert dead.items[0].stream == "t"
     assert failures_of(workflow, "t") == 1
+
+
+def test_stop_while_an_item_is_being_retried_lets_the_retries_finish_and_returns_normally() -> None:
+    attempts: dict[int, int] = {}
+    retrying = asyncio.Event()
+
+    async def flaky(x: int) -> int:
+        attempts[x] = attempts.get(x, 0) + 1
+        if x == 0 and attempts[x] < 3:
+            retrying.set()
+            raise OSError("not yet")
+        return x
+
+    workflow = Workflow()
+    inlet = workflow.add_inlet()
+    step = workflow.add_stream(map_stream(flaky, retries=3, backoff=0.05, on_error="resume"))
+    sink = workflow.add_stream(Collector())
+    inlet.pipe(step).pipe(sink)
+
+    async def main() -> None:
+        run = asyncio.ensure_future(workflow.start())
+        await inlet.send(0)
+        await inlet.send(1)
+        await retrying.wait()
+        workflow.stop()  # the item in its backoff wait is inside the graph: it flows on
+        await asyncio.wait_for(run, 10)
+
+    run_checked(main())
+    assert sink.stream.items == [0, 1]
+    assert attempts[0] == 3
+    assert workflow.stats()["streams"]["flaky"]["failures"] == 0
+
+
+def test_cancel_while_an_item_is_being_retried_returns_promptly_and_leaves_no_task() -> None:
+    retrying = asyncio.Event()
+
+    async def always(x: int) -> int:
+        retrying.set()
+        raise OSError("down")
+
+    workflow, _, _ = _linear(map_stream(always, retries=5, backoff=60, on_error="resume"), [1])
+
+    async def main() -> None:
+        run = asyncio.ensure_future(workflow.start())
+        await retrying.wait()
+        await yield_to_loop(3)  # in its 60 s backoff wait
+        workflow.cancel()
+        with pytest.raises(mimo_rx.WorkflowCancelled):
+            await asyncio.wait_for(run, 10)
+
+    run_checked(main())  # asserts that no task is left
+    assert workflow.stats()["streams"]["always"]["status"] == "cancelled"
