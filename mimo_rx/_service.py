@@ -98,6 +98,11 @@ class InletStream(Stream):
     def _stop_source(self, cancel: Callable[[], None]) -> None:
         self.close()
 
+    @property
+    def _step_name(self) -> str:
+        """The inlet's step name in its workflow (``inlet-2`` for a second inlet)."""
+        return self._out.stream_name
+
     def _started_event(self) -> asyncio.Event:
         if self._started_async is None:
             self._started_async = asyncio.Event()
@@ -126,9 +131,9 @@ class InletStream(Stream):
     def _refuse(self, what: str) -> ClosedError:
         state = "has been closed" if self._closed else "belongs to a run that has ended"
         return ClosedError(
-            self.name,
+            self._step_name,
             "out",
-            f"cannot {what} on inlet {self.name!r}: it {state}; send every item before "
+            f"cannot {what} on inlet {self._step_name!r}: it {state}; send every item before "
             "close(), and before the run ends",
         )
 
@@ -166,21 +171,23 @@ class InletStream(Stream):
             raise self._refuse("send_nowait()")
         out = self._out
         if not self._started.is_set():
-            raise WouldBlock(self.name, "out", "the run has not started")
+            raise WouldBlock(self._step_name, "out", "the run has not started")
         if self._loop is not None and not on_loop_thread(self._loop):
             raise WorkflowError(
-                f"inlet {self.name!r}: send_nowait() was called from a thread other than the "
-                "run's event loop; use send_threadsafe(item) from other threads"
+                f"inlet {self._step_name!r}: send_nowait() was called from a thread other than "
+                "the run's event loop; use send_threadsafe(item) from other threads"
             )
         full = next((t for t in out.targets if len(t._items) >= t.threshold), None)
         if full is not None:
             raise WouldBlock(
-                self.name,
+                self._step_name,
                 "out",
                 f"input {full.name!r} of stream {full.stream_name!r} is full "
                 f"({len(full._items)}/{full.threshold})",
             )
-        out._push_unpaused(item, "buffer", self.name)  # every input has room: no policy applies
+        out._push_unpaused(
+            item, "buffer", self._step_name
+        )  # every input has room: no policy applies
 
     def send_threadsafe(self, item: Any, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -193,14 +200,15 @@ class InletStream(Stream):
             raise self._refuse("send_threadsafe()")
         if (self._loop is not None and on_loop_thread(self._loop)) or self._blocks_own_loop():
             raise WorkflowError(
-                f"inlet {self.name!r}: send_threadsafe() was called from the thread of the "
+                f"inlet {self._step_name!r}: send_threadsafe() was called from the thread of the "
                 "run's own event loop, which it would block; use 'await inlet.send(item)' there"
             )
         if not self._started.wait(
             None if deadline is None else max(deadline - time.monotonic(), 0)
         ):
             raise TimeoutError(
-                f"inlet {self.name!r}: the run did not start within {timeout} s; nothing was sent"
+                f"inlet {self._step_name!r}: the run did not start within {timeout} s; "
+                "nothing was sent"
             )
         handoff = self._handoff
         assert handoff is not None
@@ -213,7 +221,8 @@ class InletStream(Stream):
             accepted = handoff.put("cold", item, block=True, deadline=deadline)
         except TimeoutError:
             raise TimeoutError(
-                f"inlet {self.name!r}: the graph had no room for {timeout} s; nothing was sent"
+                f"inlet {self._step_name!r}: the graph had no room for {timeout} s; "
+                "nothing was sent"
             ) from None
         if not accepted:
             raise self._refuse("send_threadsafe()")
@@ -377,7 +386,7 @@ class OutletStream(Stream):
     def _on_end(self, error: BaseException | None) -> None:
         if error is not None:
             if isinstance(error, asyncio.CancelledError):
-                error = WorkflowCancelled(self.name, "x")
+                error = WorkflowCancelled(self._input.stream_name, "x")
             self._input._fail(error)
 
 

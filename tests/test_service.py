@@ -909,3 +909,15 @@ def test_sigint_cancels_the_run_with_keyboard_interrupt() -> None:
     proc.send_signal(signal.SIGINT)
     _, out, err = _finish(proc)
     assert "KeyboardInterrupt" in out.splitlines(), (out, err)
+
+
+def test_errors_of_a_second_inlet_name_its_step() -> None:
+    workflow = Workflow()
+    workflow.add_inlet()
+    second = workflow.add_inlet()
+    with pytest.raises(WouldBlock, match="inlet 'inlet-2'") as info:
+        second.send_nowait(1)
+    assert info.value.stream == "inlet-2"
+    second.close()
+    with pytest.raises(ClosedError, match="inlet 'inlet-2'"):
+        second.send_nowait(1)
