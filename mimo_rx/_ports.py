@@ -34,15 +34,15 @@ Design rules (after trio's channels):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from reactivex import abc as rx_abc
 from reactivex.subject import Subject
 
+from ._batches import Batches, IterChunks, SliceChunks
 from ._errors import BufferOverflowError, ClosedError, ConfigError, EndOfStream, MimoError
 from ._monitor import StepRuntime
 
@@ -428,28 +428,6 @@ class Input(Generic[T]):
         self._rt = runtime
 
 
-class Batches(Generic[T]):
-    """The async iterator ``Input.batches()`` returns: lists of items until end of stream."""
-
-    __slots__ = ("_max_items", "_port")
-
-    def __init__(self, port: Input[T], max_items: int | None) -> None:
-        self._port = port
-        self._max_items = max_items
-
-    def __aiter__(self) -> Batches[T]:
-        return self
-
-    async def __anext__(self) -> list[T]:
-        port = self._port
-        if not port._items:
-            try:
-                await port._wait_for_item("batches()")
-            except EndOfStream:
-                raise StopAsyncIteration from None
-        return port._take_batch(self._max_items)
-
-
 class AnyInput:
     """Several inputs waited on together (a step function or an Rx operator stream)."""
 
@@ -487,55 +465,6 @@ class _DiscardSink(deque[T]):
 
     def __bool__(self) -> bool:
         return False
-
-
-class _SliceChunks(Generic[T]):
-    """Successive slices of a list, tuple or range (all of it when one chunk takes it all)."""
-
-    __slots__ = ("_items", "_start")
-
-    def __init__(self, items: Sequence[T]) -> None:
-        self._items = items
-        self._start = 0
-
-    def take(self, room: int) -> Sequence[T]:
-        """The next ``room`` items (fewer at the end)."""
-        start, items = self._start, self._items
-        if start == 0 and room >= len(items):
-            self._start = len(items)
-            return items  # delivering copies it: no slice needed
-        self._start = start + room
-        return items[start : start + room]
-
-    def exhausted(self) -> bool:
-        return self._start >= len(self._items)
-
-
-class _IterChunks(Generic[T]):
-    """Successive chunks pulled from an iterator, each only once there is room for it.
-
-    ``exhausted`` pulls one item ahead (the item a ``for`` loop of pushes would be waiting
-    to push), so that a call whose last chunk filled a buffer returns instead of waiting.
-    """
-
-    __slots__ = ("_ahead", "_iterator")
-
-    def __init__(self, iterator: Iterator[T]) -> None:
-        self._iterator = iterator
-        self._ahead: list[T] = []
-
-    def take(self, room: int) -> list[T]:
-        """The next ``room`` items (fewer at the end)."""
-        if self._ahead:
-            chunk, self._ahead = self._ahead, []
-            chunk.extend(itertools.islice(self._iterator, room - 1))
-            return chunk
-        return list(itertools.islice(self._iterator, room))
-
-    def exhausted(self) -> bool:
-        if not self._ahead:
-            self._ahead = list(itertools.islice(self._iterator, 1))
-        return not self._ahead
 
 
 class Output(Subject[T]):
@@ -650,10 +579,10 @@ class Output(Subject[T]):
         """
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
-        chunks: _SliceChunks[T] | _IterChunks[T] = (
-            _SliceChunks(items)
+        chunks: SliceChunks[T] | IterChunks[T] = (
+            SliceChunks(items)
             if isinstance(items, list | tuple | range)  # slicing them is cheaper than islice
-            else _IterChunks(iter(items))
+            else IterChunks(iter(items))
         )
         targets = self.targets
         while True:
