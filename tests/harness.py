@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -122,6 +123,31 @@ async def yield_to_loop(times: int = 1) -> None:
     """Let every task that is ready run one step (an explicit yield, not a timed wait)."""
     for _ in range(times):
         await asyncio.sleep(0)
+
+
+# The orders in which race_cancel() cancels a pending call and does the action that would
+# satisfy it, all within one tick of the loop.
+CANCEL_ORDERS = ["act_then_cancel", "cancel_then_act", "cancel_soon_then_act", "act_yield_cancel"]
+
+
+async def race_cancel(
+    rng: random.Random, pending: asyncio.Future[Any], act: Callable[[], Awaitable[Any]]
+) -> None:
+    """Cancel ``pending`` and do ``act()`` in the same tick, in an order ``rng`` picks."""
+    order = rng.choice(CANCEL_ORDERS)
+    if order == "act_then_cancel":
+        await act()
+        pending.cancel()
+    elif order == "cancel_then_act":
+        pending.cancel()
+        await act()
+    elif order == "cancel_soon_then_act":
+        asyncio.get_running_loop().call_soon(pending.cancel)
+        await act()
+    else:
+        await act()
+        await yield_to_loop(rng.randint(0, 2))
+        pending.cancel()
 
 
 # -- graph building helpers ------------------------------------------------------------------
@@ -230,6 +256,7 @@ __all__ = [
     "linear",
     "mapper",
     "mimo_rx",
+    "race_cancel",
     "run_checked",
     "source",
     "yield_to_loop",

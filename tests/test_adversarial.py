@@ -22,6 +22,7 @@ from harness import (
     Collector,
     RecordingObserver,
     assert_stats_identity,
+    race_cancel,
     run_checked,
     source,
     yield_to_loop,
@@ -868,25 +869,6 @@ def test_cancelling_a_deadlocked_graph_before_the_verdict_is_a_plain_cancellatio
 # -- cancelling a pending pop or push in the same tick an item arrives ------------------------
 
 REPETITIONS = 1000
-CANCEL_ORDERS = ["act_then_cancel", "cancel_then_act", "cancel_soon_then_act", "act_yield_cancel"]
-
-
-async def _race(rng: random.Random, pending: asyncio.Future[Any], act: Any) -> None:
-    """Cancel ``pending`` and do ``act()`` in the same tick, in a random order."""
-    order = rng.choice(CANCEL_ORDERS)
-    if order == "act_then_cancel":
-        await act()
-        pending.cancel()
-    elif order == "cancel_then_act":
-        pending.cancel()
-        await act()
-    elif order == "cancel_soon_then_act":
-        asyncio.get_running_loop().call_soon(pending.cancel)
-        await act()
-    else:
-        await act()
-        await yield_to_loop(rng.randint(0, 2))
-        pending.cancel()
 
 
 def _racing_pop_workflow(
@@ -906,7 +888,7 @@ def _racing_pop_workflow(
             if want.is_set():
                 want.clear()
                 shared["raced"] = shared["read"]
-                await _race(rng, shared["read"], lambda i=i: outs.y.push(i))
+                await race_cancel(rng, shared["read"], lambda i=i: outs.y.push(i))
             else:
                 await outs.y.push(i)
             await yield_to_loop(rng.randint(0, 2))
@@ -1000,7 +982,7 @@ def _racing_push_workflow(
                     if racing and want.is_set():
                         want.clear()
                         shared["raced"] = shared["push"]
-                        await _race(rng, shared["push"], lambda: _pop_into(ins.x, got))
+                        await race_cancel(rng, shared["push"], lambda: _pop_into(ins.x, got))
                     else:
                         await _pop_into(ins.x, got)
                 except mimo_rx.EndOfStream:

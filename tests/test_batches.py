@@ -18,6 +18,7 @@ from harness import (
     RecordingObserver,
     assert_stats_identity,
     input_stats,
+    race_cancel,
     run_checked,
     yield_to_loop,
 )
@@ -557,25 +558,6 @@ def test_a_push_many_cancelled_mid_way_has_delivered_a_prefix_to_every_input(siz
 
 
 REPETITIONS = 500
-CANCEL_ORDERS = ["act_then_cancel", "cancel_then_act", "cancel_soon_then_act", "act_yield_cancel"]
-
-
-async def _race(rng: random.Random, pending: asyncio.Future[Any], act: Any) -> None:
-    """Cancel ``pending`` and do ``act()`` in the same tick, in a random order."""
-    order = rng.choice(CANCEL_ORDERS)
-    if order == "act_then_cancel":
-        await act()
-        pending.cancel()
-    elif order == "cancel_then_act":
-        pending.cancel()
-        await act()
-    elif order == "cancel_soon_then_act":
-        asyncio.get_running_loop().call_soon(pending.cancel)
-        await act()
-    else:
-        await act()
-        await yield_to_loop(rng.randint(0, 2))
-        pending.cancel()
 
 
 def _racing_push_many_workflow(
@@ -632,7 +614,7 @@ def _racing_push_many_workflow(
                     if racing and want.is_set():
                         want.clear()
                         shared["raced"] = shared["push"]
-                        await _race(rng, shared["push"], lambda: take(ins.x, got))
+                        await race_cancel(rng, shared["push"], lambda: take(ins.x, got))
                     else:
                         await take(ins.x, got)
                 except EndOfStream:
