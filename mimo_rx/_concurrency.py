@@ -56,7 +56,6 @@ from ._monitor import StepRuntime
 from ._ports import Input, Output
 from ._stream import Ports, Stream, is_async_callable
 from ._supervision import (
-    ERRORS,
     Failure,
     await_thread_future,
     await_with_timeout,
@@ -64,6 +63,7 @@ from ._supervision import (
     check_on_error,
     check_retry_options,
     report_failure,
+    step_name,
     with_retries,
 )
 
@@ -199,7 +199,7 @@ class _MapStream(Stream):
                     try:
                         value = jobs.result(job)
                     except Exception as exc:  # fn failed for good: skip its item
-                        failure = Failure(self._outputs[ERRORS].stream_name, exc, item, "x")
+                        failure = Failure(step_name(self), exc, item, "x")
                         await report_failure(self, failure)
                         continue
                     await y.push(value)

@@ -751,9 +751,7 @@ class Output(Subject[T]):
         self.pushed += 1
         for target in self.targets:
             target._deliver(item)
-        source = "pipe:" + self.stream_name
-        for target, policy in self._lossy:
-            target._offer(item, policy, source)
+        self._offer_lossy(item)
         if self.observers:
             self._notify(item)
 

@@ -31,7 +31,7 @@ from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
 from ._stream import FusedStageError, Ports, Stream
-from ._supervision import ERRORS, Failure, check_on_error, report_failure
+from ._supervision import Failure, check_on_error, report_failure, step_name
 
 _UNSET: Any = object()
 
@@ -430,11 +430,11 @@ class RxStream(Stream):
         chain was last subscribed (it would only fail again)."""
         if not self._fed:
             if self._followers:
-                raise FusedStageError(failed.stage._outputs[ERRORS].stream_name, failed.error)
+                raise FusedStageError(step_name(failed.stage), failed.error)
             raise failed.error
         item, port = self._last_fed if failed.item is _UNSET else (failed.item, failed.port)
         stage = failed.stage
-        failure = Failure(stage._outputs[ERRORS].stream_name, failed.error, item, port)
+        failure = Failure(step_name(stage), failed.error, item, port)
         await report_failure(stage, failure)
 
     def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:

@@ -177,7 +177,7 @@ class InletStream(Stream):
                 f"inlet {self._step_name!r}: send_nowait() was called from a thread other than "
                 "the run's event loop; use send_threadsafe(item) from other threads"
             )
-        full = next((t for t in out.targets if len(t._items) >= t.threshold), None)
+        full = next((t for t in out.targets if not t._has_room()), None)
         if full is not None:
             raise WouldBlock(
                 self._step_name,

@@ -26,11 +26,12 @@ from ._ports import AnyInput, Input, Output, check_buffer_size
 from ._supervision import (
     ERRORS,
     Failure,
+    TrackedInput,
     Tracker,
     check_on_error,
     report_failure,
     run_resuming,
-    tracked_sync_input_class,
+    step_name,
 )
 
 
@@ -257,7 +258,9 @@ class Stream:
         if not is_async:
             await drive_step_function(body, self, resume)
         elif resume:
-            await run_resuming(self, body, list(self._inputs.values()), outputs)
+            tracker = Tracker()
+            ins = Ports([TrackedInput(port, tracker) for port in self._inputs.values()])
+            await run_resuming(self, body, ins, outputs, tracker)
         else:
             await body(Ports(list(self._inputs.values())), outputs)
 
@@ -344,6 +347,27 @@ class SyncInput:
         return self._port.exhausted
 
 
+class TrackedSyncInput(SyncInput):
+    """A plain-``def`` body's view of an input of a resuming stream: it records each take
+    (the last item goes into a ``Failure``), so plain views pay nothing for it."""
+
+    __slots__ = ("_tracker",)
+
+    def __init__(self, port: Input[Any], tracker: Tracker) -> None:
+        super().__init__(port)
+        self._tracker = tracker
+
+    def pop(self) -> Any:
+        item = super().pop()
+        self._tracker.note(item, self._port.name)
+        return item
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            self._tracker.note(item, self._port.name)
+            yield item
+
+
 class SyncOutput:
     """Synchronous view of an output: ``push`` always accepts and says whether to go on.
 
@@ -405,8 +429,7 @@ async def drive_step_function(
     outputs = [stream._outputs[name] for name in stream.outs]
     tracker = Tracker()
     if resume:
-        view_class = tracked_sync_input_class()
-        ins = Ports([view_class(p, tracker) for p in inputs])
+        ins = Ports([TrackedSyncInput(p, tracker) for p in inputs])
     else:
         ins = Ports([SyncInput(p) for p in inputs])
     outs_views = [SyncOutput(p) for p in outputs]
@@ -427,7 +450,7 @@ async def drive_step_function(
                 raise
             for view in outs_views:  # what it pushed before raising is delivered
                 await view._flush()
-            failure = Failure(stream._outputs[ERRORS].stream_name, exc, tracker.item, tracker.port)
+            failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
             await report_failure(stream, failure)
             continue
         if inspect.isawaitable(again):

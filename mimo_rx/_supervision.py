@@ -11,8 +11,9 @@ announced as a ``"failure"`` event, and pushed to the stream's hidden ``errors``
 logged on the ``"mimo_rx"`` logger when nothing listens there (:func:`report_failure`).
 
 Knowing "the last item the stream took" must not slow streams that do not resume: only a
-resuming stream's body gets the recording port views below (:class:`TrackedInput`,
-:class:`TrackedSyncInput`); the ``Input`` hot path is the same for everyone.
+resuming stream's body gets recording port views (:class:`TrackedInput` below, and
+``TrackedSyncInput`` beside the plain-``def`` views in ``_stream.py``); the ``Input`` hot path
+is the same for everyone.
 
 The retry helpers of ``map_stream`` (``retries``, ``backoff``, ``timeout``) live here too,
 with the daemon threads that run a plain ``fn`` under a timeout (:func:`call_in_thread`).
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, EndOfStream
@@ -212,50 +213,19 @@ class _TrackedBatches:
         return batch
 
 
-def tracked_sync_input_class() -> type[Any]:
-    """The recording variant of the plain-``def`` input view (built lazily: no import cycle)."""
-    global _TrackedSyncInput
-    if _TrackedSyncInput is None:
-        from ._stream import SyncInput
-
-        class TrackedSyncInput(SyncInput):
-            """A plain-``def`` body's view of an input of a resuming stream: records takes."""
-
-            __slots__ = ("_tracker",)
-
-            def __init__(self, port: Input[Any], tracker: Tracker) -> None:
-                super().__init__(port)
-                self._tracker = tracker
-
-            def pop(self) -> Any:
-                item = super().pop()
-                self._tracker.note(item, self._port.name)
-                return item
-
-            def __iter__(self) -> Iterator[Any]:
-                for item in super().__iter__():
-                    self._tracker.note(item, self._port.name)
-                    yield item
-
-        _TrackedSyncInput = TrackedSyncInput
-    return _TrackedSyncInput
-
-
-_TrackedSyncInput: type[Any] | None = None
-
-
 async def run_resuming(
-    stream: Stream, body: Callable[[Any, Any], Awaitable[Any]], inputs: list[Input[Any]], outs: Any
+    stream: Stream,
+    body: Callable[[Any, Any], Awaitable[Any]],
+    ins: Any,
+    outs: Any,
+    tracker: Tracker,
 ) -> None:
     """Run an ``async def`` body; after each exception, call it again with the same ports.
 
-    A body that raises before taking any item since it was last called fails the run: it
-    would only fail again.
+    ``ins`` are the body's recording input views (:class:`TrackedInput`) writing to
+    ``tracker``. A body that raises before taking any item since it was last called fails
+    the run: it would only fail again.
     """
-    tracker = Tracker()
-    from ._stream import Ports
-
-    ins = Ports([TrackedInput(port, tracker) for port in inputs])
     while True:
         tracker.taken = 0
         try:
@@ -265,11 +235,12 @@ async def run_resuming(
             if not tracker.taken:
                 raise
             await report_failure(
-                stream, Failure(_step_name(stream), exc, tracker.item, tracker.port)
+                stream, Failure(step_name(stream), exc, tracker.item, tracker.port)
             )
 
 
-def _step_name(stream: Stream) -> str:
+def step_name(stream: Stream) -> str:
+    """The step name of ``stream`` in its workflow (what a ``Failure`` names)."""
     return stream._outputs[ERRORS].stream_name
 
 
