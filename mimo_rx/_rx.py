@@ -164,6 +164,19 @@ class _Counting(rx_abc.ObserverBase[Any]):
         self.completed()
 
 
+def _stage_failed(owner: RxStream, stage: RxStream, error: Exception) -> _StageFailed:
+    """An error reaching a resuming chain's link or collector, as a ``_StageFailed`` naming
+    the stage it came from (if nothing named one on the way). While the stream's task feeds
+    the chain it is raised back up the Rx call stack to ``_feed``, which knows the item;
+    otherwise (emitted by a timer or a thread) it is returned, to go on as an event."""
+    if not isinstance(error, _StageFailed):
+        error = _StageFailed(stage, error)
+    if owner._feeding and threading.get_ident() == owner._loop_thread:
+        owner._caught = error  # in case an operator on the way up swallows it
+        raise error
+    return error
+
+
 class _ResumingCounting(_Counting):
     """A link of a resuming chain: names the stage that failed and the value it was given."""
 
@@ -178,14 +191,9 @@ class _ResumingCounting(_Counting):
             raise
 
     def on_error(self, error: Exception) -> None:
-        if not isinstance(error, _StageFailed):
-            assert self.stage is not None
-            error = _StageFailed(self.stage, error)
-        owner = self.owner
-        if owner._feeding and threading.get_ident() == owner._loop_thread:
-            owner._caught = error  # in case an operator on the way up swallows it
-            raise error  # back up the call stack to _feed, which knows the item
-        self.error(error)  # a timer or a thread: it reaches the collector as an event
+        assert self.stage is not None
+        # Raised back up to _feed while it feeds; else (a timer, a thread) passed on.
+        self.error(_stage_failed(self.owner, self.stage, error))
 
 
 def _ignore(value: Any) -> None:
@@ -231,14 +239,9 @@ class _ResumingCollector(_Collector):
     """The collector of a resuming chain: its errors are failures to resume from."""
 
     def on_error(self, error: Exception) -> None:
-        owner = self.owner
-        if not isinstance(error, _StageFailed):
-            assert self.stage is not None
-            error = _StageFailed(self.stage, error)
-        if owner._feeding and threading.get_ident() == owner._loop_thread:
-            owner._caught = error  # in case an operator on the way up swallows it
-            raise error  # back up the call stack to _feed, which knows the item
-        owner._emit(("error", self.index, error))
+        assert self.stage is not None
+        # Raised back up to _feed while it feeds; else (a timer, a thread) an event.
+        self.owner._emit(("error", self.index, _stage_failed(self.owner, self.stage, error)))
 
 
 class RxStream(Stream):
@@ -380,21 +383,21 @@ class RxStream(Stream):
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
                 fed = self._feed(inputs, feeds)
-                if self._caught is not None:  # on_error="resume": the chain broke
+                broken = False  # on_error="resume": the chain failed and is rebuilt
+                if self._caught is not None:
                     failed, self._caught = self._caught, None
                     await self._resume(failed, outputs)
-                    for subscription in subscriptions:
-                        subscription.dispose()
-                    feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+                    broken = True
                 elif self._events:
-                    if await self._push_run(outputs):
-                        for subscription in subscriptions:
-                            subscription.dispose()
-                        feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+                    broken = await self._push_run(outputs)
                 elif self._open_results == 0:
                     return  # every result completed (take(n) and friends): inputs detach
                 elif not fed:
                     await self._wait(inputs, runtime, loop)
+                if broken:
+                    for subscription in subscriptions:
+                        subscription.dispose()
+                    feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
         finally:
             for subscription in subscriptions:
                 subscription.dispose()
