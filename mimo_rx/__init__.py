@@ -5,6 +5,7 @@ from beginning to end. Every input is a bounded buffer: ``await push`` pauses pr
 a buffer is full, so memory stays bounded. Every output is a ``reactivex`` Subject.
 """
 
+from ._acksource import AckSource
 from ._concurrency import map_stream
 from ._errors import (
     BufferOverflowError,
@@ -28,6 +29,7 @@ from ._supervision import Failure
 from ._workflow import Step, Workflow
 
 __all__ = [
+    "AckSource",
     "BufferOverflowError",
     "ClosedError",
     "ConfigError",
