@@ -44,3 +44,8 @@ if LOOP == "uvloop":
 
 def pytest_report_header() -> str:
     return f"mimo_rx event loop: {LOOP} (MIMO_RX_LOOP)"
+
+
+# The broker servers (tests/servers.py) are session fixtures, started by the first test that
+# asks for one.
+pytest_plugins = ["servers"]
