@@ -116,6 +116,24 @@ def test_redis_fetch_returns_at_most_max_items_and_waits_while_the_stream_is_emp
     run_checked(main(), timeout=20)
 
 
+def test_redis_a_cancelled_fetch_loses_nothing_and_the_source_goes_on(redis_url: str) -> None:
+    stream, group = unique("s"), unique("g")
+
+    async def main() -> None:
+        async with redis_client(redis_url) as r, opened(RedisStreamSource(r, stream, group)) as s:
+            waiting = asyncio.ensure_future(s.fetch(10))  # as stop() does
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await r.xadd(stream, {"i": "0"})
+            [(token, entry)] = await fetch_within(s, 10, 5)
+            assert entry.fields == {"i": "0"}
+            await s.ack([token])
+
+    run_checked(main(), timeout=20)
+
+
 def test_redis_group_is_created_at_start_and_an_existing_group_is_kept(redis_url: str) -> None:
     stream = unique("s")
 
@@ -370,6 +388,27 @@ def test_nats_source_is_an_ack_source_and_delivers_nats_messages(nats_url: str) 
                 await nothing_within(source, 0.5)
             # close() flushed the acks (a round trip): the server has them all
             assert await ack_pending(js, stream, durable) == (0, 0)
+
+    run_checked(main(), timeout=20)
+
+
+def test_nats_a_cancelled_fetch_loses_nothing_and_the_source_goes_on(nats_url: str) -> None:
+    stream = unique("S")
+
+    async def main() -> None:
+        async with (
+            jetstream(nats_url, stream, [f"{stream}.>"]) as js,
+            opened(NatsSource(nats_url, stream, "d")) as s,
+        ):
+            waiting = asyncio.ensure_future(s.fetch(10))  # as stop() does
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await js.publish(f"{stream}.x", b"after")
+            [(token, msg)] = await fetch_within(s, 10, 5)
+            assert msg.data == b"after"
+            await s.ack([token])
 
     run_checked(main(), timeout=20)
 
