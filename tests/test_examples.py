@@ -66,6 +66,7 @@ def test_every_example_has_a_test() -> None:
         "web_service",
         "metrics_endpoint",
         "dead_letters",
+        "orders_from_redis",
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
 
@@ -120,3 +121,37 @@ def test_metrics_endpoint_serves_prometheus_metrics_while_it_runs_then_stops_on_
     assert process.returncode == 0
     final = re.search(r"^final: (\d+) orders, (\d+) stored", rest, re.MULTILINE)
     assert final is not None and final.group(1) == final.group(2) != "0", rest
+
+
+def test_orders_from_redis_accounts_for_every_order_when_a_worker_is_killed() -> None:
+    import inspect
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    from mimo_rx import Workflow
+
+    if "max_in_flight" not in inspect.signature(Workflow.add_source).parameters:
+        pytest.skip("needs the engine side of acknowledged sources: add_source(max_in_flight=)")
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; under CI it must be there (.ci/run installs it)")
+        pytest.skip(message)
+    options = ["--spawn-redis", "--workers", "3", "--orders", "3000", "--kill-one"]
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "orders_from_redis.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    summary = re.search(
+        r"(\d+) done, (\d+) failed, (\d+) missing, (\d+) still pending", result.stdout
+    )
+    assert summary is not None, result.stdout + result.stderr
+    done, failed, missing, pending = map(int, summary.groups())
+    assert (done + failed, missing, pending) == (3000, 0, 0), result.stdout
+    assert failed == 60  # every 50th order is malformed: each reaches the failed stream once
+    assert "one killed with SIGKILL" in result.stdout
