@@ -16,8 +16,9 @@ has been idle for ``claim_idle`` seconds. Redis counts deliveries per entry (``X
 ``times_delivered``): with ``max_deliveries``, an entry that was delivered that many times goes
 to the ``dead_letter`` stream instead of a further delivery (``XADD`` + ``XACK`` in one
 ``MULTI``). The claim is ``XPENDING`` + ``XCLAIM`` rather than ``XAUTOCLAIM`` because only
-``XPENDING`` reports how often an entry was delivered, and because this process must not claim
-back the entries it still holds itself (they are in flight in its graph).
+``XPENDING`` reports how often an entry was delivered and to which consumer: this process must
+not claim back the entries it still holds itself (they are in flight in its graph), only those
+it nacked.
 
 ``redis`` (the client library) is imported when a source is constructed, never at import time:
 :class:`StreamEntry` is importable without it.
@@ -165,8 +166,9 @@ class RedisStreamSource:
         self.dead_letter = dead_letter
         self._idle_ms = max(1, int(self.claim_idle * 1000))
         self._claim_period = min(_CLAIM_PERIOD_S, self.claim_idle)
-        # ids delivered by this process and not yet acked or nacked: never claimed back here
-        self._held: set[str] = set()
+        # ids this consumer nacked: the only entries of its own that it claims back (the others
+        # of its pending list are in flight in its graph; another process claims them if it dies)
+        self._nacked: set[str] = set()
         self._own_cursor: str | None = "0"  # None once this consumer's old entries are read
         self._claim_cursor = "-"
         self._next_claim = 0.0
@@ -188,7 +190,7 @@ class RedisStreamSource:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._held.clear()
+        self._nacked.clear()
         self._own_cursor = "0"
         self._claim_cursor = "-"
         self._next_claim = time.monotonic() + self._claim_period
@@ -218,13 +220,12 @@ class RedisStreamSource:
     async def ack(self, tokens: Sequence[Hashable]) -> None:
         """``XACK`` the entries (in commands of at most 10,000 ids)."""
         ids = list(tokens)
-        self._held.difference_update(ids)
         for i in range(0, len(ids), _ACK_CHUNK):
             await self._client.xack(self.stream, self.group, *ids[i : i + _ACK_CHUNK])
 
     async def nack(self, tokens: Sequence[Hashable]) -> None:
         """Leave the entries pending: they are claimed again after ``claim_idle`` seconds."""
-        self._held.difference_update(tokens)
+        self._nacked.update(tokens)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Leave the group when this consumer holds nothing any more (a name unique to the
@@ -256,7 +257,6 @@ class RedisStreamSource:
                 )
                 for entry_id, fields in entries
             ]
-        self._held.update(token for token, _ in batch)
         return batch
 
     async def _own_pending(self, max_items: int) -> list[tuple[Hashable, StreamEntry]]:
@@ -296,8 +296,8 @@ class RedisStreamSource:
         return await self._deliver_or_bury(entries, counts)
 
     async def _claim(self, max_items: int, now: float) -> list[tuple[Hashable, StreamEntry]]:
-        """Claim up to ``max_items`` entries idle for ``claim_idle`` in any consumer of the
-        group (except those this process holds), scanning the pending list page by page."""
+        """Claim up to ``max_items`` entries idle for ``claim_idle`` in any other consumer of
+        the group, or nacked here, scanning the pending list page by page."""
         rows = await self._client.xpending_range(
             self.stream, self.group, self._claim_cursor, "+", max_items, idle=self._idle_ms
         )
@@ -307,12 +307,16 @@ class RedisStreamSource:
         else:  # more may be idle: look again at the next fetch
             self._claim_cursor = f"({_decoded(rows[-1]['message_id'])}"
             self._next_claim = now
-        held = self._held
-        counts = {
-            entry_id: row["times_delivered"]
-            for row in rows
-            if (entry_id := _decoded(row["message_id"])) not in held
-        }
+        me, nacked = self.consumer, self._nacked
+        counts: dict[str, int] = {}
+        for row in rows:
+            entry_id = _decoded(row["message_id"])
+            if _decoded(row["consumer"]) != me:
+                counts[entry_id] = row["times_delivered"]
+                nacked.discard(entry_id)  # another process claimed it after our nack
+            elif entry_id in nacked:
+                counts[entry_id] = row["times_delivered"]
+                nacked.discard(entry_id)
         if not counts:
             return []
         # XCLAIM with min-idle: an entry another consumer claimed meanwhile is not idle any
