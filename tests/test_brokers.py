@@ -329,6 +329,18 @@ def test_redis_a_consumer_named_for_the_process_leaves_the_group_when_it_holds_n
     run_checked(main(), timeout=20)
 
 
+def test_redis_close_after_a_failed_open_only_releases_the_client() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def main() -> None:
+        source = RedisStreamSource("redis://127.0.0.1:1/0", "s", "g")  # nothing listens
+        with pytest.raises(RedisConnectionError):
+            await source.open()
+        await source.close()
+
+    run_checked(main(), timeout=20)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

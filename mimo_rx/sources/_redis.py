@@ -172,6 +172,7 @@ class RedisStreamSource:
         self._own_cursor: str | None = "0"  # None once this consumer's old entries are read
         self._claim_cursor = "-"
         self._next_claim = 0.0
+        self._opened = False
 
     def __repr__(self) -> str:
         return (
@@ -190,6 +191,7 @@ class RedisStreamSource:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._opened = True
         self._nacked.clear()
         self._own_cursor = "0"
         self._claim_cursor = "-"
@@ -230,8 +232,9 @@ class RedisStreamSource:
     async def close(self) -> None:
         """Leave the group when this consumer holds nothing any more (a name unique to the
         process is never used again), and close the client this source made."""
+        opened, self._opened = self._opened, False
         try:
-            if self._named_for_process:
+            if opened and self._named_for_process:
                 mine = await self._client.xpending_range(
                     self.stream, self.group, "-", "+", 1, consumername=self.consumer
                 )
