@@ -60,6 +60,21 @@ class StreamEntry:
     fields: dict[str, str]
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__: 4x the cost of
+# setting the slots directly, which at 100k entries/s is a tenth of the source's time.
+_new = object.__new__
+_set_id = StreamEntry.__dict__["id"].__set__  # the slots' descriptors
+_set_fields = StreamEntry.__dict__["fields"].__set__
+
+
+def _entry(entry_id: str, fields: dict[str, str]) -> StreamEntry:
+    """``StreamEntry(entry_id, fields)``, built the fast way (see above)."""
+    entry: StreamEntry = _new(StreamEntry)
+    _set_id(entry, entry_id)
+    _set_fields(entry, fields)
+    return entry
+
+
 def _decoded(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -248,7 +263,7 @@ class RedisStreamSource:
 
     def _deliver(self, entries: list[tuple[Any, Any]]) -> list[tuple[Hashable, StreamEntry]]:
         if self._owns_client:  # decode_responses=True: ids and fields are str already
-            batch = [(entry_id, StreamEntry(entry_id, fields)) for entry_id, fields in entries]
+            batch = [(entry_id, _entry(entry_id, fields)) for entry_id, fields in entries]
         else:
             batch = [
                 (
