@@ -2,26 +2,27 @@
 
 Usage: broker_worker.py redis|nats URL STREAM GROUP_OR_DURABLE WORKER_NAME OUT_FILE IDLE_S [HANG]
 
-It consumes through the source's AckSource methods, as the engine does: fetch a batch, handle
-each message, then ack the batch. Handling a message appends one line ``<worker> <key> <time>``
-to OUT_FILE with one unbuffered ``os.write`` (a line is whole or absent even under SIGKILL), and
-it happens before the ack, so a message acked is a message written. ``key`` is the Redis entry's
-field ``n`` or the NATS message's payload. It runs until SIGTERM (or SIGKILL).
+It runs a workflow ``source -> handle``: the source is a RedisStreamSource on the group (or a
+NatsSource on the durable), ``handle`` appends one line ``<worker> <key> <time>`` per message to
+OUT_FILE with one unbuffered ``os.write`` (a line is whole or absent even under SIGKILL). The
+engine acks a message once ``handle`` asks for the next one, so a message acked is a message
+written. ``key`` is the Redis entry's field ``n`` or the NATS message's payload. It runs until
+SIGTERM (``workflow.run()`` drains, acks, returns) or SIGKILL.
 
 With HANG > 0, once it has handled HANG messages it writes ``<worker> hung 0`` and stops
-working without acking the batch in hand, so that the test's SIGKILL finds it holding messages
-(handled and not acked) for certain.
+working, holding that message and every message fetched after it (unacked), so that the test's
+SIGKILL finds it holding messages for certain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from typing import Any
 
+from mimo_rx import Stream, Workflow
 from mimo_rx.sources import NatsSource, RedisStreamSource
 
 
@@ -35,37 +36,30 @@ def key_of(kind: str, item: Any) -> str:
     return str(item.fields["n"]) if kind == "redis" else item.data.decode()
 
 
-async def main(
+def main(
     kind: str, url: str, stream: str, group: str, name: str, out: str, idle: str, hang: str = "0"
 ) -> None:
-    source = make_source(kind, url, stream, group, name, float(idle))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await source.open()
+
+    async def handle(ins: Any, outs: Any, state: dict[str, Any]) -> None:
+        count = 0
+        async for item in ins.x:
+            os.write(fd, f"{name} {key_of(kind, item)} {time.time():.3f}\n".encode())
+            count += 1
+            if count == int(hang):
+                os.write(fd, f"{name} hung 0\n".encode())
+                await asyncio.Event().wait()  # until SIGKILL
+
+    workflow = Workflow()
+    source = make_source(kind, url, stream, group, name, float(idle))
+    messages = workflow.add_source(source, name="messages", max_in_flight=200, commit_interval=0.1)
+    messages.pipe(workflow.add_stream(Stream(ins=["x"], fn=handle, name="handle")))
     os.write(fd, f"{name} ready 0\n".encode())
-    count = 0
     try:
-        while not stop.is_set():
-            fetching = asyncio.ensure_future(source.fetch(100))
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([fetching, stopping], return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not fetching.done():
-                fetching.cancel()
-                break
-            batch = fetching.result()
-            for _token, item in batch:
-                os.write(fd, f"{name} {key_of(kind, item)} {time.time():.3f}\n".encode())
-                count += 1
-                if count == int(hang):
-                    os.write(fd, f"{name} hung 0\n".encode())
-                    await asyncio.Event().wait()  # until SIGKILL
-            await source.ack([token for token, _ in batch])
+        workflow.run()
     finally:
-        await source.close()
         os.close(fd)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:9]))
+    main(*sys.argv[1:9])
