@@ -2,9 +2,9 @@
 
 Three worker processes (tests/scripts/broker_worker.py), each running a workflow fed by the
 source, consume one stream; the test writes 20,000 messages, SIGKILLs one worker mid-run, and
-checks from the workers' output files that every message was handled at least once, each by one worker, except the ones the dead worker
-held, which another worker handled within ``claim_idle`` (Redis) or ``ack_wait`` (NATS) plus
-one second after the kill.
+checks from the workers' output files that every message was handled at least once, each by
+one worker, except the ones the dead worker held, which another worker handled within
+``claim_idle`` (Redis) or ``ack_wait`` (NATS) plus one second after the kill.
 """
 
 from __future__ import annotations
