@@ -198,8 +198,11 @@ def workflow_case(make: Callable[[str, str], Any], number: Callable[[Any], int])
                 if result["seen"] == n:
                     workflow.stop()  # drains and flushes the acks before start() returns
 
+        async def parse(item: Any) -> int:  # on the loop (a plain def would go to a thread)
+            return number(item)
+
         source = workflow.add_source(make(url, stream), max_in_flight=1000)
-        numbers = workflow.add_stream(map_stream(number))
+        numbers = workflow.add_stream(map_stream(parse))
         source.pipe(numbers).pipe(workflow.add_stream(Stream(ins=["x"], fn=sink)))
         await workflow.start()
         return result["total"]
