@@ -10,7 +10,7 @@ it feeds through blocking pipes) and pushes each item with a fresh ticket; the l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._acksource import AckSource
@@ -119,7 +119,7 @@ def wire_lineage(
     pipes: list[tuple[Stream, str, Stream, str]],
     streams: list[Stream],
     runtimes: dict[Stream, StepRuntime],
-    roots: list[AckSourceStream],
+    roots: Sequence[Stream],
 ) -> list[Holder]:
     """Switch the ports downstream of ``roots`` to their tracked variants (``_lineage.py``).
 
@@ -128,7 +128,7 @@ def wire_lineage(
     of another stream that feeds a tracked input is tracked too (its pushes carry no tag),
     and so is every input such an output feeds, until nothing changes. Returns the holders.
     """
-    tracked: set[Stream] = {*roots}
+    tracked: set[Stream] = set(roots)
     changed = True
     while changed:
         changed = False
@@ -139,8 +139,8 @@ def wire_lineage(
                 changed = True
     holders: list[Holder] = []
     for stream in streams:
-        if stream not in tracked:
-            continue
+        if stream not in tracked or stream._holder is not None:
+            continue  # untracked, or tracked already (downstream of another root)
         holder = Holder(stream.name)
         stream._holder = holder
         holders.append(holder)
@@ -152,6 +152,8 @@ def wire_lineage(
         if dst in tracked and src not in tracked:
             track_output(src._outputs[output], None)
     for root in roots:
+        if not isinstance(root, AckSourceStream):
+            continue
         root.ledger.holders = [
             (s._holder, runtimes[s])
             for s in streams

@@ -176,6 +176,24 @@ class Held(_Held):
         decref(tickets)
 
 
+class Waiter:
+    """The owner of the ticket of one ``inlet.send_and_wait(item)``: resolves ``future``
+    once the item is done, with the Failures derived from it (contract section 12)."""
+
+    __slots__ = ("failures", "future")
+
+    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+        self.future = future
+        self.failures: list[Any] = []
+
+    def done(self, ticket: Ticket) -> None:
+        if not self.future.done():
+            self.future.set_result(self.failures)
+
+    def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
+        self.failures.append(failure)
+
+
 # -- tracked inputs ---------------------------------------------------------------------------
 
 
@@ -193,6 +211,8 @@ class TrackedInput(Input[Any]):
             decref(held)
 
     def _take_tag(self, tag: Tag) -> None:
+        if self._held:  # a take not preceded by a release (an iterator made before tracking)
+            self._release_held()
         self._held = tag or _EMPTY
         self._holder.changed()
 
@@ -364,6 +384,9 @@ class TrackedOutput(Output[Any]):
 
     def _use_plain_push(self) -> None:
         pass
+
+    def _refresh_fast_path(self) -> None:
+        self._fast_target = None  # Output.push's fast path (and an inlet's) carries no tag
 
     def _current_tag(self) -> Tag:
         holder = self._holder

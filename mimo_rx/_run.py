@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._acksources import AckSourceStream, wire_lineage
@@ -25,7 +25,7 @@ from ._errors import (
     WorkflowError,
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
-from ._stream import FusedStageError, UserStopIteration
+from ._stream import FusedStageError, Stream, UserStopIteration
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -52,6 +52,7 @@ class Run:
         self.tasks: dict[Step, asyncio.Task[None]] = {}
         self.ledgers: list[Ledger] = []  # one per acknowledged source (contract section 12)
         self.holders: list[Holder] = []  # the streams downstream of one
+        self.runtimes: dict[Stream, StepRuntime] = {}
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the run's loop soon (from any thread or a signal handler)."""
@@ -156,16 +157,25 @@ class Run:
                 out._connect(inp, p.policy)
         for head, chain in self.chains.items():
             head.stream._fuse([step.stream for step in chain])
+        self.runtimes = {step.stream: runtime for step, runtime in runtimes.items()}
         roots = [step.stream for step in wf.steps if isinstance(step.stream, AckSourceStream)]
         if roots:  # lineage only where an acknowledged source feeds (zero cost elsewhere)
-            self.holders = wire_lineage(
-                [(p.source.stream, p.output, p.target.stream, p.input) for p in wf.pipes],
-                [step.stream for step in wf.steps],
-                {step.stream: runtime for step, runtime in runtimes.items()},
-                roots,
-            )
+            self.track(roots)
             self.ledgers = [root.ledger for root in roots]
         return steps
+
+    def track(self, roots: Sequence[Stream]) -> None:
+        """Track lineage downstream of ``roots`` (acknowledged sources when the run is wired;
+        an inlet at its first ``send_and_wait``)."""
+        wf = self.workflow
+        self.holders += wire_lineage(
+            [(p.source.stream, p.output, p.target.stream, p.input) for p in wf.pipes],
+            [step.stream for step in wf.steps],
+            self.runtimes,
+            roots,
+        )
+        for step in wf.steps:
+            step._ports_changed()
 
     async def _open_sources(self) -> None:
         """Open every acknowledged source (before any step runs) and start its acks."""
@@ -219,7 +229,7 @@ class Run:
             raise
         finally:
             untrack()
-            if self.ledgers:
+            if self.holders:
                 await self._close_sources(error)
             for step in self.workflow.steps:
                 step.stream._on_end(error)
