@@ -29,14 +29,6 @@ async def until(condition: Any, seconds: float = 5.0) -> None:
             await asyncio.sleep(0.02)
 
 
-# Contract §12: "A Failure that no stream takes makes its message nacked". The engine's first
-# cut (branch lineage, 87af92b) acks it instead; remove this mark once it nacks (strict: an
-# unexpected pass fails, so the mark cannot outlive the fix).
-ENGINE_ACKS_UNTAKEN_FAILURES = pytest.mark.xfail(
-    strict=True, reason="the engine acks a Failure no stream takes; the contract says nack"
-)
-
-
 def gated_sink(got: list[Any], gate: asyncio.Event) -> Stream:
     """A sink that takes one item and holds it until ``gate`` is set."""
 
@@ -86,7 +78,6 @@ def test_redis_entries_are_acked_only_once_the_graph_is_done_with_them(redis_url
     run_checked(main(), timeout=20)
 
 
-@ENGINE_ACKS_UNTAKEN_FAILURES
 def test_redis_a_failure_no_stream_takes_is_nacked_and_dead_lettered_after_max_deliveries(
     redis_url: str,
 ) -> None:
@@ -213,7 +204,6 @@ def test_nats_messages_are_acked_only_once_the_graph_is_done_with_them(nats_url:
     run_checked(main(), timeout=20)
 
 
-@ENGINE_ACKS_UNTAKEN_FAILURES
 def test_nats_a_failure_no_stream_takes_is_nacked_and_comes_again_until_max_deliver(
     nats_url: str,
 ) -> None:
