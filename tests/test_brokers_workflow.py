@@ -22,7 +22,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-async def until(condition: Any, seconds: float = 5.0) -> None:
+async def until(condition: Any, seconds: float = 15.0) -> None:
     """Polls ``await condition()`` (a broker's state, which sends no event) until it is true."""
     async with asyncio.timeout(seconds):
         while not await condition():  # noqa: ASYNC110 - the broker's state has no event to wait on
