@@ -231,6 +231,11 @@ class _MapStream(Stream):
         holder = self._holder
         limit = self.concurrency
         resume = self._on_error == "resume"
+        orphan = x._adopt_orphan()  # the item an untracked pop took as tracking began
+        if orphan is not None and jobs.jobs:
+            jobs.jobs[-1].tag = orphan
+        elif orphan is not None:
+            decref(orphan)
 
         async def take() -> None:
             item = await x.pop()

@@ -180,14 +180,15 @@ class Waiter:
     """The owner of the ticket of one ``inlet.send_and_wait(item)``: resolves ``future``
     once the item is done, with the Failures derived from it (contract section 12)."""
 
-    __slots__ = ("failures", "future")
+    __slots__ = ("failures", "future", "stopped")
 
-    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], stopped: Any) -> None:
         self.future = future
         self.failures: list[Any] = []
+        self.stopped = stopped  # true once the run failed or was cancelled: never done then
 
     def done(self, ticket: Ticket) -> None:
-        if not self.future.done():
+        if not self.future.done() and not self.stopped():
             self.future.set_result(self.failures)
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
@@ -204,6 +205,11 @@ class TrackedInput(Input[Any]):
     __slots__ = ()
 
     def _release_held(self) -> None:
+        if len(self._tags) > len(self._items):
+            # An item was taken by untracked code that was already waiting when tracking
+            # began (an inlet's first send_and_wait): its tag is the oldest; it was held
+            # until now.
+            self._take_tag(self._tags.popleft())
         held = self._held
         if held:
             self._held = _EMPTY
@@ -211,8 +217,10 @@ class TrackedInput(Input[Any]):
             decref(held)
 
     def _take_tag(self, tag: Tag) -> None:
-        if self._held:  # a take not preceded by a release (an iterator made before tracking)
-            self._release_held()
+        held = self._held
+        if held:  # a take not preceded by a release (an iterator made before tracking)
+            self._held = _EMPTY
+            decref(held)
         self._held = tag or _EMPTY
         self._holder.changed()
 
@@ -287,10 +295,17 @@ class TrackedInput(Input[Any]):
     def hold(self) -> Held:
         return Held(self._holder, self._held)
 
+    def _adopt_orphan(self) -> Tag:
+        """The tag of an item untracked code took (see ``_release_held``), if any."""
+        return self._tags.popleft() if len(self._tags) > len(self._items) else None
+
     def _deliver_tagged(self, item: Any, tag: Tag) -> None:
         if self._finished:
             self._items.append(item)  # the discard sink counts it
             return
+        missing = len(self._items) - len(self._tags)
+        if missing > 0:  # delivered by untracked code already waiting when tracking began
+            self._tags.extend([None] * missing)
         self._items.append(item)
         self._tags.append(tag)
         if tag:
@@ -333,13 +348,21 @@ class TrackedInput(Input[Any]):
             Input._offer(self, item, policy, source)  # "error": raises
 
     def _release_buffered(self) -> None:
-        tags = list(self._tags)
-        self._tags.clear()
-        decref(t for tag in tags if tag for t in tag)
+        """Let go of every buffered item (they stay buffered, untracked: an outlet's)."""
+        tags = self._tags
+        if len(tags) > len(self._items):  # taken by untracked code: held, not buffered
+            orphan = tags.popleft()
+            if orphan:
+                self._held = (*self._held, *orphan)
+                self._holder.changed()
+        if any(tags):
+            self._tags = deque([None] * len(tags))
+            decref(t for tag in tags if tag for t in tag)
 
     def _finish(self) -> None:
         if not self._finished:
             self._release_buffered()
+            self._tags.clear()
         Input._finish(self)
 
 

@@ -77,7 +77,15 @@ class Run:
     def cancel(self) -> None:
         if not self.stop.done():
             self.cancelled = True
+            self._freeze()
             self._stop()
+
+    def _freeze(self) -> None:
+        """The run fails or is cancelled: no message is done from now on (contract 12)."""
+        for ledger in self.ledgers:
+            ledger.freeze()
+        for step in self.workflow.steps:
+            step.stream._freeze_lineage()
 
     def _plan_fusion(self) -> dict[Step, list[Step]]:
         """Find chains of adjacent fusable streams (``operator()`` stages); head -> followers.
@@ -190,6 +198,7 @@ class Run:
 
     def _ack_failed(self, name: str, exc: BaseException) -> None:
         self.failures.append(_stream_error(name, exc))
+        self._freeze()
         self._stop()
 
     async def _close_sources(self, error: BaseException | None) -> None:
@@ -251,6 +260,7 @@ class Run:
         try:
             await asyncio.shield(self.stop)
         except asyncio.CancelledError:
+            self._freeze()
             await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
             raise
         finally:
@@ -307,6 +317,7 @@ class Run:
                 member.status = "failed" if member is failed else "cancelled"
             failed.error = exc
             self.failures.append(_stream_error(failed.name, exc))
+            self._freeze()
             self._stop()
         else:
             for member in group:
@@ -326,6 +337,7 @@ class Run:
     def _on_deadlock(self, waits: list[str]) -> None:
         if self.deadlock is None and not self.stop.done():
             self.deadlock = DeadlockError(waits)
+            self._freeze()
             self._stop()
 
     async def _shutdown(

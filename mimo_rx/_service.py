@@ -77,6 +77,7 @@ class InletStream(Stream):
         self._handoff: Handoff | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[list[Any]]] = set()  # send_and_wait calls pending
+        self._frozen = False  # the run failed or was cancelled: no send_and_wait is done
 
     # -- run-time hooks (on the loop) --
 
@@ -109,6 +110,9 @@ class InletStream(Stream):
 
     def _stop_source(self, cancel: Callable[[], None]) -> None:
         self.close()
+
+    def _freeze_lineage(self) -> None:
+        self._frozen = True
 
     @property
     def _step_name(self) -> str:
@@ -192,7 +196,7 @@ class InletStream(Stream):
             track()
         assert isinstance(out, TrackedOutput)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(Waiter(future), None)
+        ticket = Ticket(Waiter(future, lambda: self._frozen), None)
         self._waiters.add(future)
         try:
             self._in_flight += 1
