@@ -172,7 +172,7 @@ class Run:
             self.ledgers = [root.ledger for root in roots]
         return steps
 
-    def track(self, roots: Sequence[Stream]) -> None:
+    def track(self, roots: Sequence[Stream], late: bool = False) -> None:
         """Track lineage downstream of ``roots`` (acknowledged sources when the run is wired;
         an inlet at its first ``send_and_wait``)."""
         wf = self.workflow
@@ -181,6 +181,7 @@ class Run:
             [step.stream for step in wf.steps],
             self.runtimes,
             roots,
+            late,
         )
         for step in wf.steps:
             step._ports_changed()

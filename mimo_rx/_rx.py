@@ -585,7 +585,7 @@ class RxStream(Stream):
                             tag = tags[position]
                             if tag:
                                 holder.loose.extend(tag)
-                                holder.changed()
+                                holder.single = None
                             self._emitted = False
                             on_next(item)
                             if self._emitted:

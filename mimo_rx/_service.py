@@ -353,7 +353,7 @@ class Inlet(Step):
         def track() -> None:
             run = self.workflow._run
             if run is not None:
-                run.track([self.stream])
+                run.track([self.stream], late=True)
 
         await self.stream.send_and_wait(item, track)
 
