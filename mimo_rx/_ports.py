@@ -419,6 +419,15 @@ class Input(Generic[T]):
         state = "closed" if self._closed else "empty" if not self._items else "has items"
         return f"input {self.name!r} ({state}, {len(self._items)}/{self.threshold} buffered)"
 
+    def _feeding_steps(self) -> set[StepRuntime]:
+        """The steps that can still push here (through an open output)."""
+        return {out._rt for out in self._upstreams if not out.closed}
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # An empty input gets an item (or its end) from any feeder that can move.
+        feeders = self._feeding_steps()
+        return not feeders or not feeders <= stuck
+
     def _configure(self, threshold: int, upstreams: int, runtime: StepRuntime) -> None:
         self.threshold = threshold
         self._low = threshold // 2
@@ -436,6 +445,11 @@ class AnyInput:
 
     def _describe_wait(self) -> str:
         return "any of " + ", ".join(port._describe_wait() for port in self.inputs)
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # Any feeder of any of the inputs that can move ends the wait.
+        feeders = set().union(*(port._feeding_steps() for port in self.inputs))
+        return not feeders or not feeders <= stuck
 
 
 class _DiscardSink(deque[T]):
@@ -811,6 +825,11 @@ class Output(Subject[T]):
             if not t._has_room()
         ]
         return f"output {self.name!r} -> " + ", ".join(full or ["(no full input)"])
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # A push waits until every full input has room: each full input's consumer must move.
+        consumers = {t._rt for t in self.targets if not t._has_room() and not t._finished}
+        return not consumers or consumers.isdisjoint(stuck)
 
     def __repr__(self) -> str:
         return f"<Output {self.stream_name}.{self.name} -> {len(self.targets)} inputs>"

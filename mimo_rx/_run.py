@@ -27,7 +27,8 @@ from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._stream import FusedStageError, UserStopIteration
 
 if TYPE_CHECKING:
-    from ._workflow import Step, Workflow
+    from ._step import Step
+    from ._workflow import Workflow
 
 
 class Run:

@@ -46,8 +46,8 @@ from ._errors import (
 )
 from ._handoff import Handoff, on_loop_thread
 from ._ports import Input, Output
+from ._step import Step
 from ._stream import Ports, Stream
-from ._workflow import Step
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
