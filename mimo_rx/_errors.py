@@ -99,7 +99,7 @@ class StreamError(MimoError):
         self.stream = stream
         self.error = error
         self.errors: list[StreamError] = [self]
-        MimoError.__init__(self, f"stream {stream!r} failed: {type(error).__name__}: {error}")
+        MimoError.__init__(self, f"stream {stream!r} failed: {describe(error)}")
 
 
 class BufferOverflowError(MimoError):
@@ -174,3 +174,21 @@ class WorkflowCancelled(MimoError):
         self.port = port
         where = f" before output {port!r} of stream {stream!r} closed" if port else ""
         super().__init__(f"the workflow was cancelled{where}")
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of ``error`` for a report, even when its ``__str__`` raises."""
+    name = type(error).__name__
+    try:
+        text = str(error)
+    except Exception as exc:  # formatting user objects must not lose the error itself
+        text = f"<str() raised {type(exc).__name__}>"
+    return f"{name}: {text}"
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a stand-in naming its type when that ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<{type(value).__name__} object; repr() raised {type(exc).__name__}>"

@@ -551,10 +551,13 @@ class Output(Subject[T]):
 
     def _refresh_fast_path(self) -> None:
         """Enable ``push``'s one-comparison path only where it needs to do nothing else:
-        exactly one connected input, whose stream has not finished, no Rx subscriber, and
-        the output still open. Connecting and a consumer finishing recompute it; closing and
-        subscribing clear ``_fast_target`` themselves (an unsubscribe does not re-enable it)."""
-        fast = len(self.targets) == 1 and not self.closed and not self.observers
+        exactly one connected input, whose stream has not finished, no lossy pipe, no Rx
+        subscriber, and the output still open. Connecting and a consumer finishing recompute
+        it; closing and subscribing clear ``_fast_target`` themselves (an unsubscribe does not
+        re-enable it). Code that inlines the fast path (``InletStream.send``) relies on
+        ``_fast_target`` being ``None`` whenever ``push`` has more to do, also when ``push``
+        is swapped for a variant (``_use_lossy_push``)."""
+        fast = len(self.targets) == 1 and not self._lossy and not self.closed and not self.observers
         target = self.targets[0] if fast else None
         self._fast_target = None if target is None or target._finished else target
 

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from ._workflow import Workflow
 
 
+# How long a stream cancelled by a failing or cancelled run has before it is cancelled again
+# (if it swallowed the first cancellation); the run's cancel_timeout still bounds the whole.
+RECANCEL_S = 0.1
+
+
 class Run:
     """One run of a workflow: the tasks, their supervision and the final bookkeeping."""
 
@@ -43,6 +48,7 @@ class Run:
         self.failures: list[StreamError] = []
         self.remaining = 0
         self.begun = 0  # step tasks that have started
+        self.started: set[Step] = set()  # steps whose task has taken its first step
         self.chains: dict[Step, list[Step]] = {}
         self.stopping = False  # workflow.stop(): sources stop, the rest drains
         self.graceful: set[Step] = set()  # sources cancelled by stop(): that is their return
@@ -65,7 +71,11 @@ class Run:
             def cancel(step: Step = step, task: asyncio.Task[None] = task) -> None:
                 if not task.done():
                     self.graceful.add(step)
-                    task.cancel()
+                    # A task cancelled before its first step would never run _run_step (no
+                    # status, no count, no close): one not started yet sees ``graceful``
+                    # when it starts and returns at once instead.
+                    if step in self.started:
+                        task.cancel()
 
             step.stream._stop_source(cancel)
 
@@ -215,11 +225,13 @@ class Run:
         for member in group:
             member.status = "running"
         self.begun += 1
+        self.started.add(step)
         if self.begun == len(self.tasks):
             self.workflow._begun_event().set()
         try:
             try:
-                await step.stream._execute()
+                if step not in self.graceful:  # else stop() came before this first step
+                    await step.stream._execute()
             except asyncio.CancelledError:
                 if step not in self.graceful or self.stop.done():
                     raise
@@ -235,7 +247,9 @@ class Run:
             for member in group:
                 member.status = "cancelled"
             raise
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise  # asyncio hands these to the loop's caller: they end the program, not a stream
+        except BaseException as exc:  # GeneratorExit, a framework's abort...: never swallowed
             failed = step
             if isinstance(exc, FusedStageError):
                 failed = next(m for m in group if m.name == exc.step_name)
@@ -277,17 +291,26 @@ class Run:
             task.cancel()
         pending = {t for t in tasks if not t.done()}
         grace = self.workflow.cancel_timeout
-        deadline = self.loop.time() + grace
+        now = self.loop.time()
+        deadline = now + grace
+        # A stream that swallowed the cancellation (``except CancelledError: pass``, a
+        # library that retries on it) is cancelled again soon, as pressing Ctrl-C twice
+        # would, rather than after the whole grace period; only one that swallows every
+        # cancellation is left to the grace period and named in the WorkflowError.
+        recancel = now + min(RECANCEL_S, grace / 2)
         while pending:
-            timeout = deadline - self.loop.time()
+            timeout = min(recancel, deadline) - self.loop.time()
             if timeout <= 0:
-                break
+                if recancel >= deadline:
+                    break
+                recancel = deadline
+                for task in pending:
+                    task.cancel()
+                continue
             try:
                 _, pending = await asyncio.wait(pending, timeout=timeout)
             except asyncio.CancelledError:
                 continue  # cancelled again while cleaning up: finish cleaning up first
-            for task in pending:
-                task.cancel()
         retrieve_exceptions(tasks)
         self._terminate_subscribers(reason)
         if pending:

@@ -26,7 +26,7 @@ from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
-from ._errors import ConfigError
+from ._errors import ConfigError, safe_repr
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -40,7 +40,7 @@ class _StageFailed(Exception):
     """An error of a resuming Rx stage, on its way up the Rx call stack to ``_feed``."""
 
     def __init__(self, stage: RxStream, error: Exception) -> None:
-        super().__init__(repr(error))
+        super().__init__(safe_repr(error))
         self.stage = stage
         self.error = error
         self.item: Any = _UNSET  # the value passed into the failing stage, once known
