@@ -888,6 +888,16 @@ def test_sigterm_drains_the_run_and_run_returns_normally() -> None:
 
 
 @posix_only
+def test_sigterm_while_run_is_still_starting_drains_and_run_returns_normally() -> None:
+    proc = _child("term_at_start")  # it signals itself from the first metrics snapshot
+    code, out, err = _finish(proc)
+    assert code == 0, err
+    assert out.splitlines()[:2] == ["ready", "returned"]
+    assert _stats(out)["identity"] == "True"
+    assert "Traceback" not in err
+
+
+@posix_only
 @pytest.mark.parametrize(
     ("scenario", "second"), [("double", signal.SIGTERM), ("term_then_int", signal.SIGINT)]
 )
