@@ -5,6 +5,7 @@
     MimoError                       base of everything below; catch this to catch them all
     ├── EndOfStream                 an input is closed and drained (a signal, not a fault)
     ├── ClosedError                 push() on a closed output, send() on a closed inlet
+    ├── MissingAwaitError           push()/push_many()/send() called without await
     ├── WouldBlock                  inlet.send_nowait() could not deliver without waiting
     ├── ConfigError (ValueError)    a graph that is built wrong: bad port name, bad buffer size
     │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
@@ -54,6 +55,35 @@ class ClosedError(MimoError):
             message
             or f"output {port!r} of stream {stream!r} is closed; "
             "push every item before calling close() (or before run() returns)"
+        )
+
+
+class MissingAwaitError(MimoError):
+    """``push()``, ``push_many()`` or an inlet's ``send()`` was called without ``await``.
+
+    Such a call only makes a coroutine: nothing is delivered. When the coroutine is dropped
+    during a run, the run fails with a ``StreamError`` naming the stream whose port it was,
+    with this error as ``__cause__`` (the run would otherwise end "successfully" with items
+    missing).
+
+    Attributes:
+        stream: the step name of the stream (or inlet) the port belongs to.
+        port: the output port's name.
+    """
+
+    def __init__(self, stream: str, port: str, method: str, *, inlet: bool = False) -> None:
+        self.stream = stream
+        self.port = port
+        arg = "items" if method == "push_many" else "item"
+        if inlet:
+            where = f"inlet {stream!r} (output {port!r})"
+            fix = f"await inlet.{method}({arg})"
+        else:
+            where = f"output {port!r} of stream {stream!r}"
+            fix = f"await outs.{port}.{method}({arg})"
+        super().__init__(
+            f"{where}: {method}() was called without await, so nothing was delivered; "
+            f"add `await`: `{fix}`"
         )
 
 

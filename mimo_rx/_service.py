@@ -47,6 +47,7 @@ from ._errors import (
 from ._handoff import Handoff, on_loop_thread
 from ._ports import Input, Output
 from ._stream import Ports, Stream
+from ._unawaited import recognise
 from ._workflow import Step
 
 if TYPE_CHECKING:
@@ -322,6 +323,9 @@ class Inlet(Step):
 
 
 # -- outlets -----------------------------------------------------------------------------------
+
+
+recognise("send", InletStream.send, Inlet.send)  # a send without await fails the run
 
 
 class _OutletInput(Input[Any]):
