@@ -22,6 +22,16 @@ also kept as attributes (``stream``, ``port``) so programs need not parse messag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+_FULL = re.compile(r"\d+/\d+ full\)")
+
 
 class MimoError(Exception):
     """Base class of every mimo_rx error and signal."""
@@ -188,11 +198,23 @@ class DeadlockError(MimoError):
         self.waits = waits
         self.errors: list[StreamError] = []  # streams that failed while the graph shut down
         detail = "\n  ".join(waits)
+        # A wait on a full buffer reads "... (4/4 full)" (Output._describe_wait).
+        if any(_FULL.search(line) for line in waits):
+            advice = (
+                "Give the full buffers more room (buffer_size on pipe() or Stream), or read the "
+                "inputs in an order that does not depend on a full sibling buffer."
+            )
+        else:
+            advice = (
+                "No buffer is full, so more room would not help: each stream waits for an item "
+                "that only another waiting stream would send (a cycle of empty inputs). Put a "
+                "first item into the cycle (a source or an inlet piped into it, or a stream "
+                "that pushes before it pops), or close an output so that the streams reading "
+                "it see end of stream."
+            )
         super().__init__(
             "deadlock: every running stream is waiting and none of the waits can be "
-            f"satisfied:\n  {detail}\n"
-            "Give the full buffers more room (buffer_size on pipe() or Stream), or read the "
-            "inputs in an order that does not depend on a full sibling buffer."
+            f"satisfied:\n  {detail}\n{advice}"
         )
 
 
@@ -204,3 +226,46 @@ class WorkflowCancelled(MimoError):
         self.port = port
         where = f" before output {port!r} of stream {stream!r} closed" if port else ""
         super().__init__(f"the workflow was cancelled{where}")
+
+
+# -- how errors and warnings present themselves to users -----------------------------------
+
+# Shown as ``mimo_rx.PipeError`` in tracebacks and reprs (and pickled under the name users
+# import), not under the private module that defines them.
+for _error in (
+    MimoError,
+    EndOfStream,
+    ClosedError,
+    MissingAwaitError,
+    WouldBlock,
+    ConfigError,
+    PipeError,
+    WorkflowError,
+    StreamError,
+    BufferOverflowError,
+    SourceOverflowError,
+    DeadlockError,
+    WorkflowCancelled,
+):
+    _error.__module__ = "mimo_rx"
+
+# Frames of these files stand between a user's call and mimo_rx's code (an event loop running
+# start(), an async context manager): a warning skips them, as it skips mimo_rx's own.
+_PLUMBING = (
+    str(Path(__file__).resolve().parent) + os.sep,  # mimo_rx
+    str(Path(asyncio.__file__).resolve().parent) + os.sep,
+    str(Path(contextlib.__file__).resolve()),
+)
+
+
+def warn_user(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame up the stack outside
+    mimo_rx, asyncio and contextlib (``workflow.run()``, ``await workflow.start()``...)."""
+    frame = sys._getframe(1)  # the caller: stacklevel 2
+    level = 2
+    while frame.f_back is not None:
+        if not str(Path(frame.f_code.co_filename).resolve()).startswith(_PLUMBING):
+            break
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
