@@ -7,6 +7,7 @@ pages are read. Skipped where the docs extra (``pip install -e ".[docs]"``) is n
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import mimo_rx
 
 ROOT = Path(__file__).resolve().parent.parent
 MERMAID = "assets/javascripts/mermaid-11.17.2.min.js"
@@ -56,8 +59,10 @@ def test_no_page_of_the_built_site_loads_anything_from_another_host(site: Path) 
 def test_mermaid_is_bundled_and_material_then_fetches_none(site: Path) -> None:
     bundled = site / MERMAID
     assert bundled.stat().st_size > 1_000_000  # the real library, not a placeholder
-    assert (ROOT / "docs" / MERMAID.replace(".min.js", ".LICENSE")).read_text().startswith(
-        "The MIT License"
+    assert (
+        (ROOT / "docs" / MERMAID.replace(".min.js", ".LICENSE"))
+        .read_text()
+        .startswith("The MIT License")
     )
     page = (site / "getting-started" / "index.html").read_text(encoding="utf-8")
     assert f'src="../{MERMAID}"' in page
@@ -69,3 +74,20 @@ def test_mermaid_is_bundled_and_material_then_fetches_none(site: Path) -> None:
     code = bundles[0].read_text(encoding="utf-8")
     if "https://unpkg.com/mermaid@" in code:
         assert 'typeof mermaid=="undefined"' in code
+
+
+def test_the_api_reference_shows_default_values_not_constant_names(site: Path) -> None:
+    page = (site / "reference" / "workflow" / "index.html").read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", page)  # the signature is split into highlighted spans
+    assert "buffer_size: int = 1024, *, cancel_timeout: float = 5.0" in text
+    for reference in sorted((site / "reference").rglob("*.html")):
+        text = re.sub(r"<[^>]+>", "", reference.read_text(encoding="utf-8"))
+        constant = re.search(r"\w+: [^=\n]+ = _?[A-Z][A-Z0-9_]{3,}\b", text)
+        assert constant is None, f"{reference.relative_to(site)}: {constant and constant[0]}"
+
+
+def test_workflows_default_buffer_size_is_the_inputs_default() -> None:
+    from mimo_rx._ports import DEFAULT_BUFFER_SIZE
+
+    default = inspect.signature(mimo_rx.Workflow).parameters["buffer_size"].default
+    assert default == DEFAULT_BUFFER_SIZE
