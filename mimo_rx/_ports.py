@@ -45,6 +45,7 @@ from reactivex.subject import Subject
 from ._batches import Batches, IterChunks, SliceChunks
 from ._errors import BufferOverflowError, ClosedError, ConfigError, EndOfStream, MimoError
 from ._monitor import StepRuntime
+from ._unawaited import recognise
 
 T = TypeVar("T")
 
@@ -859,3 +860,9 @@ class _SwitchedInputs(rx_abc.ObserverBase[T]):
 
     def on_completed(self) -> None:
         pass  # close() has closed the inputs
+
+
+# A push or push_many called without await fails the run (see _unawaited), also through the
+# variants an output with lossy pipes uses.
+recognise("push", Output.push, Output._push_lossy)
+recognise("push_many", Output.push_many, Output._push_many_lossy)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ._errors import (
     BufferOverflowError,
     DeadlockError,
+    MissingAwaitError,
     SourceOverflowError,
     StreamError,
     WorkflowCancelled,
@@ -25,6 +26,7 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._stream import FusedStageError, UserStopIteration
+from ._unawaited import watching
 
 if TYPE_CHECKING:
     from ._step import Step
@@ -174,7 +176,8 @@ class Run:
         untrack = track_spawned_tasks(self.loop)
         error: BaseException | None = None
         try:
-            await self._supervise(steps)
+            with watching(self._missing_await):
+                await self._supervise(steps)
         except BaseException as exc:
             error = exc
             raise
@@ -244,8 +247,8 @@ class Run:
                 for out in member.stream._outputs.values():
                     out.close()
         except asyncio.CancelledError:
-            for member in group:
-                member.status = "cancelled"
+            for member in group:  # a step failed from outside (_fail) keeps "failed"
+                member.status = "failed" if member.error is not None else "cancelled"
             raise
         except (KeyboardInterrupt, SystemExit):
             raise  # asyncio hands these to the loop's caller: they end the program, not a stream
@@ -260,7 +263,7 @@ class Run:
             self._stop()
         else:
             for member in group:
-                member.status = "done"
+                member.status = "failed" if member.error is not None else "done"
         finally:
             for member in group:
                 member.stream._finish_inputs()
@@ -268,6 +271,36 @@ class Run:
             self.remaining -= 1
             if self.remaining == 0:
                 self._stop()
+
+    def _missing_await(self, owner: object, method: str) -> bool:
+        """A coroutine of ``method`` (push, push_many, send) called on ``owner`` was dropped
+        without being awaited (see ``_unawaited``): when ``owner`` is a port of this run, fail
+        the step it belongs to. Called from any thread, in the middle of the code that
+        dropped the coroutine."""
+        for step in self.workflow.steps:
+            stream = step.stream
+            if owner is stream or owner is step:  # an inlet's send()
+                error = MissingAwaitError(step.name, stream.outs[0], method, inlet=True)
+                break
+            port = next((n for n, out in stream._outputs.items() if out is owner), None)
+            if port is not None:
+                error = MissingAwaitError(step.name, port, method)
+                break
+        else:
+            return False
+        if asyncio._get_running_loop() is self.loop:
+            self._fail(step, error)
+        else:
+            self.call_soon(lambda: self._fail(step, error))
+        return True
+
+    def _fail(self, step: Step, error: Exception) -> None:
+        """Fail ``step`` from outside its task (its task is cancelled with the others)."""
+        if step.error is None:
+            step.error = error
+            step.status = "failed"
+            self.failures.append(_stream_error(step.name, error))
+        self._stop()
 
     def _stop(self) -> None:
         if not self.stop.done():

@@ -48,6 +48,7 @@ from ._handoff import Handoff, on_loop_thread
 from ._ports import Input, Output
 from ._step import Step
 from ._stream import Ports, Stream
+from ._unawaited import recognise
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -325,6 +326,9 @@ class Inlet(Step):
 
 
 # -- outlets -----------------------------------------------------------------------------------
+
+
+recognise("send", InletStream.send, Inlet.send)  # a send without await fails the run
 
 
 class _OutletInput(Input[Any]):

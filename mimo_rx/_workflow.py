@@ -22,7 +22,7 @@ from ._errors import (
     WorkflowError,
 )
 from ._metrics import Watch
-from ._ports import DEFAULT_BUFFER_SIZE, PIPE_POLICIES, Input, check_buffer_size
+from ._ports import PIPE_POLICIES, Input, check_buffer_size
 from ._run import Run, retrieve_exceptions
 from ._service import Inlet, InletStream, Outlet, OutletStream, as_observable, running
 from ._signals import TerminationSignals, wake_loop_on_signals
@@ -45,9 +45,10 @@ class Workflow:
             them; only code that swallows ``asyncio.CancelledError`` ever needs it.
     """
 
-    def __init__(
-        self, buffer_size: int = DEFAULT_BUFFER_SIZE, *, cancel_timeout: float = CANCEL_TIMEOUT_S
-    ) -> None:
+    # The defaults are written as values, not as the constants they equal, so that the API
+    # reference shows them (tests/test_docs_site.py keeps buffer_size equal to
+    # _ports.DEFAULT_BUFFER_SIZE).
+    def __init__(self, buffer_size: int = 1024, *, cancel_timeout: float = 5.0) -> None:
         self.buffer_size = check_buffer_size(buffer_size, "the workflow")
         if not cancel_timeout > 0:
             raise ConfigError(
