@@ -283,6 +283,7 @@ for _error in (
     SourceOverflowError,
     DeadlockError,
     WorkflowCancelled,
+    ItemFailed,
 ):
     _error.__module__ = "mimo_rx"
 
