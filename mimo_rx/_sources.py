@@ -28,7 +28,7 @@ from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from ._errors import ConfigError
-from ._handoff import Handoff
+from ._handoff import Handoff, thread_work
 from ._ports import POLICIES, Output
 from ._signals import block_signals_in_this_thread
 from ._stream import Ports, Stream
@@ -212,6 +212,9 @@ class ObservableSource(Stream):
             finally:
                 observer.cold_thread = None
                 handoff.subscribe_returned()
+                finished()
+
+        finished = thread_work(handoff.loop)
 
         self._thread = threading.Thread(
             target=subscribe, name=f"mimo_rx source {self.name}", daemon=True
