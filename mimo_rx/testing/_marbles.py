@@ -91,8 +91,13 @@ def symbol(event: Event) -> str:
 def draw(events: list[tuple[int, Event]], frame: int) -> str:
     """The marble line of timed ``events`` (ns), ``frame`` ns per character, from time 0 up to
     the frame of the last event."""
+    return "".join(draw_frames(events, frame))
+
+
+def draw_frames(events: list[tuple[int, Event]], frame: int) -> list[str]:
+    """:func:`draw`, one string per frame (a group is one frame)."""
     if not events:
-        return ""
+        return []
     frames: dict[int, list[str]] = {}
     for t, event in events:
         frames.setdefault(t // frame, []).append(symbol(event))
@@ -105,7 +110,7 @@ def draw(events: list[tuple[int, Event]], frame: int) -> str:
             out.append(marks[0])
         else:
             out.append("(" + "".join(marks) + ")")
-    return "".join(out)
+    return out
 
 
 def draw_pressure(pauses: list[tuple[int, int]], frame: int, frames: int) -> str:

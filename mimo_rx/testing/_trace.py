@@ -11,7 +11,16 @@ import asyncio
 from typing import Any
 
 from .._workflow import Workflow
-from ._marbles import NS, Event, draw, draw_pressure, fitting_frame, frame_ns, seconds
+from ._marbles import (
+    NS,
+    Event,
+    draw,
+    draw_frames,
+    draw_pressure,
+    fitting_frame,
+    frame_ns,
+    seconds,
+)
 
 
 class Trace:
@@ -178,9 +187,14 @@ class Trace:
         frame = fitting_frame(end)
         width = max((len(port) for port in self._events), default=0) + 2
         lines = [f"frame = {seconds(frame)} s; '=' a push was paused by a full input"]
-        for port in self._events:
-            lines.append(f"  {port:<{width}}{self.marbles(port, frame / NS)}")
-            lines.append(f"  {'':<{width}}{self.pressure(port, frame / NS)}")
+        for port, events in self._events.items():
+            # Under a group (one frame drawn wider) its pressure mark is repeated, to line up.
+            tokens = draw_frames(events, frame)
+            pressure = self.pressure(port, frame / NS)
+            tokens += ["-"] * (len(pressure) - len(tokens))
+            under = "".join(mark * len(token) for mark, token in zip(pressure, tokens))
+            lines.append(f"  {port:<{width}}{''.join(tokens)}")
+            lines.append(f"  {'':<{width}}{under}")
         return "\n".join(lines)
 
 
