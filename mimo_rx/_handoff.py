@@ -189,7 +189,7 @@ def thread_work(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     rather than jumping past the thread); on any other loop this is one ``getattr``.
     """
     begin = getattr(loop, "mimo_thread_work", None)
-    return _nothing if begin is None else begin()  # type: ignore[no-any-return]
+    return _nothing if begin is None else begin()
 
 
 def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

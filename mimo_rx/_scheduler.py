@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reactivex import abc as rx_abc
-from reactivex.internal.basic import default_now
 from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.internal.basic import default_now
 from reactivex.scheduler import CurrentThreadScheduler
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 

@@ -18,6 +18,7 @@ only inside :func:`advance`, and pending timers do not keep a stalled run alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
 import threading
 import time
@@ -86,7 +87,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._now_ns / _NS
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., object],
@@ -110,10 +111,8 @@ class VirtualLoop(asyncio.SelectorEventLoop):
             nonlocal finished
             if not on_loop_thread(self):
                 # After the result's own call_soon_threadsafe: the result reaches the loop first.
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     self.call_soon_threadsafe(finish)
-                except RuntimeError:  # the loop is closed: nobody waits any more
-                    pass
                 return
             with self._thread_lock:
                 if not finished:
@@ -122,7 +121,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
         return finish
 
-    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> Any:
+    def run_in_executor(  # type: ignore[override]
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
         finish = self.mimo_thread_work()
         future.add_done_callback(lambda _: finish())
@@ -228,7 +229,12 @@ async def advance(seconds: float) -> None:
     loop = _loop()
     target = loop._now_ns + _ns(seconds)
     reached: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_at(target / _NS, lambda: reached.done() or reached.set_result(None))
+
+    def reach() -> None:
+        if not reached.done():
+            reached.set_result(None)
+
+    handle = loop.call_at(target / _NS, reach)
     loop._advance(target)
     try:
         await reached
@@ -303,7 +309,5 @@ def _cancel_stuck(loop: asyncio.AbstractEventLoop) -> None:
         return
     for task in pending:
         task.cancel()
-    try:
+    with contextlib.suppress(_Stall):
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    except _Stall:
-        pass

@@ -102,7 +102,8 @@ class Trace:
 
     def completed(self, port: str) -> float | None:
         """When output ``port`` closed or failed, or ``None``."""
-        for t, (kind, _) in self._port(port, self._events):
+        events: list[tuple[int, Event]] = self._port(port, self._events)
+        for t, (kind, _) in events:
             if kind != "item":
                 return t / NS
         return None
@@ -192,7 +193,7 @@ class Trace:
             tokens = draw_frames(events, frame)
             pressure = self.pressure(port, frame / NS)
             tokens += ["-"] * (len(pressure) - len(tokens))
-            under = "".join(mark * len(token) for mark, token in zip(pressure, tokens))
+            under = "".join(mark * len(token) for mark, token in zip(pressure, tokens, strict=True))
             lines.append(f"  {port:<{width}}{''.join(tokens)}")
             lines.append(f"  {'':<{width}}{under}")
         return "\n".join(lines)
