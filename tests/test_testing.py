@@ -698,3 +698,18 @@ def test_executor_threads_hold_the_clock():
         items, now = testing.run(main)
     assert items == [2, 4, 6]
     assert 0.1 <= now < 5.0  # real speed while the threads worked
+
+
+def test_the_workflow_scheduler_reports_the_loop_clock_also_outside_tests():
+    from mimo_rx._monitor import StepRuntime
+    from mimo_rx._scheduler import LoopScheduler
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        scheduler = LoopScheduler(loop, StepRuntime("s", None, []))
+        first, loop_first = scheduler.now, loop.time()
+        await asyncio.sleep(0.05)
+        moved = (scheduler.now - first).total_seconds()
+        assert moved == pytest.approx(loop.time() - loop_first, abs=1e-6)
+
+    asyncio.run(main())
