@@ -712,3 +712,30 @@ def test_the_workflow_scheduler_reports_the_loop_clock():
         return (scheduler.now - first).total_seconds()
 
     assert testing.run(main) == 3600.25
+
+
+def test_a_deadlock_is_reported_at_once_while_a_server_socket_is_open():
+    workflow = drain_one_input_first()
+
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        try:
+            with pytest.raises(DeadlockError):
+                await workflow.start()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return testing.now()
+
+    assert testing.run(main) == 0.0
+
+
+def test_without_autojump_advance_moves_time_while_a_thread_works():
+    async def main():
+        work = asyncio.ensure_future(asyncio.to_thread(time.sleep, 0.2))
+        await testing.advance(30)
+        assert testing.now() == 30.0 and not work.done()
+        await work
+        assert testing.now() == 30.0  # the thread's real time does not move the clock
+
+    testing.run(main, autojump=False)

@@ -164,9 +164,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         events = selector.select(0)  # I/O is polled before time jumps
         if events:
             return events
-        if self._thread_work:
-            if not self.autojump and not self._advance_to:
-                return selector.select(0.05)  # wait for the thread; time stands still
+        if self._thread_work and self.autojump:
             # Real speed: wait for the next timer (or the thread's result) for real.
             started = time.perf_counter_ns()
             events = selector.select(timeout)
@@ -179,12 +177,14 @@ class VirtualLoop(asyncio.SelectorEventLoop):
                 # The monitors' own timers due before it come first, in order.
                 self._now_ns = max(self._now_ns, self._next_timer(monitors_too=True) or due)
                 return []
-        if self._io_awaited(selector):
-            return selector.select(None if not self.autojump or due is None else timeout)
-        # Nothing can ever run again: a running workflow gets its verdict now.
+        if self._thread_work:  # autojump=False: time stands still while the thread works
+            return selector.select(0.05)
+        # Only the deadlock monitors' timers are left: a running workflow gets its verdict now.
         if any([monitor.settle() for monitor in list(self.mimo_monitors)]):
             return []
-        raise _Stall
+        if self._io_awaited(selector):
+            return selector.select(None)  # only I/O can move things on: wait for it for real
+        raise _Stall  # nothing can ever run again
 
     def _advance(self, target_ns: int) -> None:
         self._advance_to.append(target_ns)
