@@ -47,6 +47,11 @@ class _Stall(BaseException):
     """Raised out of the selector to end ``run_until_complete`` (internal)."""
 
 
+def _is_monitors(handle: asyncio.TimerHandle) -> bool:
+    """A timer of a deadlock monitor (its checks), not one of the application."""
+    return isinstance(getattr(handle._callback, "__self__", None), Monitor)  # type: ignore[attr-defined]
+
+
 def _ns(seconds: float) -> int:
     return round(seconds * _NS)
 
@@ -140,13 +145,17 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     def _next_timer(self, monitors_too: bool) -> int | None:
         """The earliest pending timer (in ns), ignoring the deadlock monitors' unless asked."""
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        if not scheduled:
+            return None
+        head = scheduled[0]  # the heap's earliest (the loop drops cancelled ones at the head)
+        if not head.cancelled() and (monitors_too or not _is_monitors(head)):
+            return _ns(head.when())
         best: float | None = None
-        for handle in self._scheduled:  # type: ignore[attr-defined]
+        for handle in scheduled:
             if handle.cancelled():
                 continue
-            if not monitors_too and isinstance(
-                getattr(handle._callback, "__self__", None), Monitor
-            ):
+            if not monitors_too and _is_monitors(handle):
                 continue
             if best is None or handle.when() < best:
                 best = handle.when()
