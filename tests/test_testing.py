@@ -662,10 +662,12 @@ async def test_pytest_asyncio_keeps_the_real_loop():
 """
 
 
-def test_the_plugin_leaves_pytest_asyncio_tests_alone(tmp_path):
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_the_plugin_leaves_pytest_asyncio_tests_alone(tmp_path, mode):
+    # In auto mode pytest-asyncio takes every async test; the marked ones stay virtual.
     pytest.importorskip("pytest_asyncio")
     (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+        f"[pytest]\nasyncio_mode = {mode}\nasyncio_default_fixture_loop_scope = function\n"
     )
     result = run_pytest(
         tmp_path, ("test_plugin_user.py", PLUGIN_TESTS), ("test_asyncio_user.py", ASYNCIO_TESTS)

@@ -24,12 +24,17 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     marker = pyfuncitem.get_closest_marker("mimo_virtual")
-    if marker is None or not inspect.iscoroutinefunction(pyfuncitem.obj):
+    if marker is None:
+        return None
+    # pytest-asyncio in auto mode wraps every async test in a function of its own (with
+    # functools.wraps): the marked test is still ours.
+    test = inspect.unwrap(pyfuncitem.obj)
+    if not inspect.iscoroutinefunction(test):
         return None
     from ._clock import run
 
     autojump = bool(marker.kwargs.get("autojump", True))
     names = pyfuncitem._fixtureinfo.argnames
     kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
-    run(pyfuncitem.obj(**kwargs), autojump=autojump)
+    run(test(**kwargs), autojump=autojump)
     return True
