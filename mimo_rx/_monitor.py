@@ -413,6 +413,11 @@ class Monitor:
     def add(self, runtime: StepRuntime) -> None:
         runtime.monitor = self
         runtime.loop = asyncio.get_running_loop()
+        # A virtual-time loop (mimo_rx.testing) asks for the verdict the moment nothing can
+        # ever run again, instead of waiting for our timers.
+        monitors = getattr(runtime.loop, "mimo_monitors", None)
+        if monitors is not None:
+            monitors.add(self)
         self.runtimes.append(runtime)
         self.live += 1
         if runtime.external:
@@ -454,6 +459,21 @@ class Monitor:
         if self._suspect is not None:
             self._suspect.cancel()
             self._suspect = None
+
+    def settle(self) -> bool:
+        """Give the verdict now, without the grace period: the loop (virtual time) knows that
+        nothing but our own timers can ever run again. Returns whether a deadlock was reported.
+        """
+        if self._closed:
+            return False
+        steps = self._analyse()
+        if not steps or earliest_timeout([task for rt in steps for task in rt.tasks()]):
+            return False
+        if self._suspect is not None:
+            self._suspect.cancel()
+            self._suspect = None
+        self.on_deadlock([line for rt in steps for line in rt.describe_waits()])
+        return True
 
     def _live(self) -> list[StepRuntime]:
         return [rt for rt in self.runtimes if rt.task is not None and not rt.task.done()]

@@ -35,7 +35,7 @@ from ._acksources import (
 )
 from ._batches import IterChunks
 from ._errors import ConfigError
-from ._handoff import Handoff
+from ._handoff import Handoff, thread_work
 from ._ports import POLICIES, Output
 from ._signals import block_signals_in_this_thread
 from ._stream import Ports, Stream
@@ -236,6 +236,9 @@ class ObservableSource(Stream):
             finally:
                 observer.cold_thread = None
                 handoff.subscribe_returned()
+                finished()
+
+        finished = thread_work(handoff.loop)
 
         self._thread = threading.Thread(
             target=subscribe, name=f"mimo_rx source {self.name}", daemon=True

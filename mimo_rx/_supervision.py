@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BufferOverflowError, ConfigError, EndOfStream, safe_repr
+from ._handoff import thread_work
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
@@ -310,10 +311,12 @@ async def await_thread_future(future: concurrent.futures.Future[Any], seconds: f
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    finished = thread_work(loop)
 
     def on_done(_: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
             loop.call_soon_threadsafe(_resolve, done)
+        finished()
 
     future.add_done_callback(on_done)
     try:
