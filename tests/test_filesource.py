@@ -87,6 +87,19 @@ def test_lines_are_decoded_with_the_encoding_after_splitting_on_bytes(tmp_path: 
         run_once(FileSource(path, checkpoint=tmp_path / "other"))
 
 
+def test_offsets_count_bytes_not_characters_in_multibyte_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.txt", "naïve\r\ncafé\nok\n".encode())
+
+    async def main() -> list[tuple[Hashable, Any]]:
+        source = FileSource(path)
+        await source.open()
+        got = await drain(source)
+        await source.close()
+        return got
+
+    assert asyncio.run(main()) == [(0, "naïve"), (8, "café"), (14, "ok")]
+
+
 def test_an_unknown_encoding_is_a_config_error_at_construction() -> None:
     with pytest.raises(ConfigError, match="unknown encoding 'nope'"):
         FileSource("in.txt", encoding="nope")

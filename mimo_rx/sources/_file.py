@@ -26,8 +26,8 @@ import codecs
 import heapq
 import json
 import os
-from collections import deque
 from collections.abc import Hashable, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +36,7 @@ from .._errors import ConfigError
 __all__ = ["FileSource"]
 
 _BLOCK = 1 << 18  # bytes read per syscall: a few thousand lines of a typical log
+_PLUS_ONE = (1).__add__
 
 
 class FileSource:
@@ -83,6 +84,9 @@ class FileSource:
                 "pass a codec name such as 'utf-8' or 'latin-1'"
             ) from None
         self.encoding = encoding
+        # ASCII bytes decode to the same characters in this codec: a block of them is decoded
+        # at once (a line's characters then sit where its bytes do)
+        self._ascii_compatible = _ascii_compatible(encoding)
         self.resumed_from = 0
         self.skipped = 0
         self._file: IO[bytes] | None = None
@@ -97,7 +101,10 @@ class FileSource:
         self._skip = set(done)  # lines ahead of the reader that an earlier run did
         self._pending: set[int] = set()  # fetched and not done: in flight, or nacked
         self._heap: list[int] = []  # the pending offsets, lazily cleaned: heap[0] may be done
-        self._ready: deque[tuple[int, str]] = deque()  # split, not yet fetched
+        # the lines split from the last block read: fetch hands out [_next:]
+        self._offsets: list[int] = []
+        self._lines: list[str] = []
+        self._next = 0
         self._rest = b""  # bytes after the last line ending read so far
         self._rest_at = offset  # file offset of _rest[0]
         self._eof = False
@@ -116,8 +123,7 @@ class FileSource:
 
     async def fetch(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
         """Up to ``max_items`` ``(offset, line)`` pairs; ``None`` at the end of the file."""
-        ready = self._ready
-        while not ready:
+        while self._next == len(self._offsets):
             if self._eof:
                 return None
             if not self._read_block():
@@ -131,21 +137,18 @@ class FileSource:
                     # delivers a last line without an ending, then ends.
                     self._stopped = True
                     raise
-        n = min(max_items, len(ready))
-        batch = [ready.popleft() for _ in range(n)]
-        offsets = [offset for offset, _ in batch]
+        i = self._next
+        j = self._next = min(i + max_items, len(self._offsets))
+        offsets = self._offsets[i:j]
         self._pending.update(offsets)
-        # offsets only grow, so appending keeps the heap invariant
-        self._heap.extend(offsets)
-        return batch
+        self._heap.extend(offsets)  # offsets only grow: appending keeps the heap invariant
+        return list(zip(offsets, self._lines[i:j], strict=True))
 
     async def ack(self, tokens: Sequence[Hashable]) -> None:
         """Mark these lines done and write the checkpoint."""
-        pending, done = self._pending, self._done
-        for token in tokens:
-            if token in pending:
-                pending.discard(token)
-                done.add(token)
+        acked = self._pending.intersection(tokens)  # a token acked twice counts once
+        self._pending -= acked
+        self._done |= acked
         await self._commit()
 
     async def nack(self, tokens: Sequence[Hashable]) -> None:
@@ -181,45 +184,58 @@ class FileSource:
         return file
 
     def _read_block(self) -> bool:
-        """Read the next block and split its complete lines into ``_ready``; False at EOF."""
+        """Read the next block and split its complete lines; False at the end of the file.
+
+        The work per line is done by C loops (split, accumulate, decode of the whole block)
+        unless the block needs more: lines to skip, or non-ASCII bytes in an encoding where
+        that needs a decode per line.
+        """
         assert self._file is not None, "FileSource.fetch() called before open()"
         data = self._file.read(_BLOCK)
         if not data:
             return False
-        parts = (self._rest + data).split(b"\n")
+        if self._rest:
+            data = self._rest + data
+        parts = data.split(b"\n")
         self._rest = parts.pop()
-        at, skip, encoding = self._rest_at, self._skip, self.encoding
-        out = self._ready
-        for raw in parts:
-            start = at
-            at += len(raw) + 1
-            if skip and start in skip:
-                self.skipped += 1
-                continue
-            if raw[-1:] == b"\r":
-                raw = raw[:-1]
-            out.append((start, self._decode(raw, start, encoding)))
-        self._rest_at = at
+        # the offset of each line: the previous one + its length + 1 (its "\n")
+        offsets = list(accumulate(map(_PLUS_ONE, map(len, parts)), initial=self._rest_at))
+        self._rest_at = offsets.pop()
+        complete = data[: len(data) - len(self._rest)]
+        if self._ascii_compatible and complete.isascii():
+            lines = complete.decode("ascii").split("\n")
+            lines.pop()  # after the last "\n"
+        else:
+            lines = [self._decode(raw, at) for raw, at in zip(parts, offsets, strict=True)]
+        if b"\r" in complete:
+            lines = [line[:-1] if line[-1:] == "\r" else line for line in lines]
+        if self._skip:
+            kept = [
+                (at, line) for at, line in zip(offsets, lines, strict=True) if at not in self._skip
+            ]
+            self.skipped += len(offsets) - len(kept)
+            offsets, lines = [at for at, _ in kept], [line for _, line in kept]
+        self._offsets, self._lines, self._next = offsets, lines, 0
         return True
 
     def _finish(self) -> None:
         """End of input: a last line without an ending is a line."""
         self._eof = True
         if self._rest:
-            start, raw = self._rest_at, self._rest
-            self._rest, self._rest_at = b"", start + len(raw)
-            if start in self._skip:
+            at, raw = self._rest_at, self._rest
+            self._rest, self._rest_at = b"", at + len(raw)
+            if at in self._skip:
                 self.skipped += 1
             else:
-                self._ready.append((start, self._decode(raw, start, self.encoding)))
+                self._offsets, self._lines, self._next = [at], [self._decode(raw, at)], 0
 
-    def _decode(self, raw: bytes, start: int, encoding: str) -> str:
+    def _decode(self, raw: bytes, at: int) -> str:
         try:
-            return raw.decode(encoding)
+            return raw.decode(self.encoding)
         except UnicodeDecodeError as exc:
             raise ValueError(
-                f"{str(self.path)!r}: the line at byte {start} is not valid {encoding} ({exc}); "
-                "pass FileSource(..., encoding=...) with the file's encoding"
+                f"{str(self.path)!r}: the line at byte {at} is not valid {self.encoding} "
+                f"({exc}); pass FileSource(..., encoding=...) with the file's encoding"
             ) from exc
 
     # -- the checkpoint -----------------------------------------------------------------------
@@ -231,7 +247,9 @@ class FileSource:
             heapq.heappop(heap)
         if heap:
             return heap[0]
-        return self._ready[0][0] if self._ready else self._rest_at
+        if self._next < len(self._offsets):
+            return self._offsets[self._next]
+        return self._rest_at
 
     def _snapshot(self) -> dict[str, Any]:
         offset = self._frontier()
@@ -273,6 +291,14 @@ class FileSource:
                 f"(it holds {text[:80]!r}); {fix}"
             )
         return offset, set(done)
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    sample = bytes(range(128))
+    try:
+        return sample.decode(encoding) == sample.decode("ascii")
+    except UnicodeDecodeError:
+        return False
 
 
 def _is_offset(value: object) -> bool:
