@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._errors import ConfigError, EndOfStream
+from ._lineage import decref
 from ._monitor import StepRuntime
 from ._ports import Input, Output
 from ._stream import Ports, Stream, is_async_callable
@@ -182,6 +183,8 @@ class _MapStream(Stream):
         self.timeout = None if timeout is None else float(timeout)
 
     async def run(self, ins: Ports, outs: Ports) -> None:
+        if self._holder is not None:
+            return await self._run_tracked(ins.x, outs.y)
         x: Input[Any] = ins.x
         y: Output[Any] = outs.y
         jobs = _Jobs(self, x._rt)
@@ -219,6 +222,47 @@ class _MapStream(Stream):
         finally:
             await jobs.close()
 
+    async def _run_tracked(self, x: Any, y: Any) -> None:
+        """``run`` downstream of an acknowledged source (contract section 12): each job keeps
+        the tickets of its own item (taken out of the stream's holder), and its result, or its
+        Failure, derives from that item only. The same loop as ``run`` otherwise."""
+        holder = self._holder
+        jobs = _Jobs(self, x._rt)
+        limit = self.concurrency
+        resume = self._on_error == "resume"
+
+        async def take() -> None:
+            item = await x.pop()
+            tag = holder.detach(x)
+            jobs.submit(item)
+            jobs.jobs[-1].tag = tag
+
+        try:
+            while True:
+                while (job := jobs.next_ready()) is not None:
+                    tag = job.tag
+                    try:
+                        value = jobs.result(job)
+                    except Exception as exc:
+                        if not resume:
+                            raise
+                        failure = Failure(step_name(self), exc, job.item, "x")
+                        await report_failure(self, failure, tag or None)
+                    else:
+                        await y._push_tag(value, tag or None)
+                    decref(tag)
+                while jobs.in_flight < limit and len(x):
+                    await take()
+                if not jobs.in_flight:
+                    try:
+                        await take()
+                    except EndOfStream:
+                        return
+                    continue
+                await jobs.wait(x if jobs.in_flight < limit else None)
+        finally:
+            await jobs.close()
+
 
 class _Job:
     """One call of ``fn``: its future and whether it has completed.
@@ -228,7 +272,8 @@ class _Job:
     the task's result on the cluster, alive until the garbage collector runs.
     """
 
-    __slots__ = ("done", "future", "item")
+    __slots__ = ("done", "future", "item", "tag")
+    tag: Any  # set only downstream of an acknowledged source (_run_tracked)
 
     def __init__(self, future: _Future, item: Any) -> None:
         self.future: _Future | None = future

@@ -286,7 +286,10 @@ def _can_end(wait: Wait, candidates: set[StepRuntime]) -> bool:
     elif isinstance(site, AnyInput):
         inputs = site.inputs
     else:
-        return True  # a wait this analysis does not know: assume it can end
+        # A wait that names the steps whose moving can end it (an acknowledged source at
+        # its max_in_flight); any other wait this analysis does not know can end.
+        ended_by = getattr(site, "_ended_by", None)
+        return ended_by is None or not ended_by() <= candidates
     # An empty input gets an item (or its end) from any feeder that can move.
     feeders = {out._rt for inp in inputs for out in inp._upstreams if not out.closed}
     return not feeders or not feeders <= candidates

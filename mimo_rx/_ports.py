@@ -81,6 +81,8 @@ class Input(Generic[T]):
         "_feeders",
         "_finished",
         "_getter",
+        "_held",
+        "_holder",
         "_items",
         "_low",
         "_mark",
@@ -88,6 +90,7 @@ class Input(Generic[T]):
         "_open_upstreams",
         "_producers",
         "_rt",
+        "_tags",
         "_upstreams",
         "discarded",
         "dropped",
@@ -118,6 +121,10 @@ class Input(Generic[T]):
         self.peak = 0
         self._mark = 0  # min(peak, threshold): below it, Output.push needs no other check
         self.paused_s = 0.0
+        # Lineage (contract section 12, see _lineage.py): set only on tracked inputs.
+        self._tags: Any = None
+        self._held: Any = None
+        self._holder: Any = None
 
     # -- consumer side -------------------------------------------------------------------
 
@@ -202,6 +209,13 @@ class Input(Generic[T]):
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return batch
+
+    def hold(self) -> Held:
+        """Keep the item (or batch) last taken from this input held past the next take,
+        until ``release()`` on what this returns (contract section 12: for state kept across
+        items, such as windows or buffered writes). It matters only downstream of an
+        acknowledged source; elsewhere the handle does nothing."""
+        return Held()
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -426,6 +440,22 @@ class Input(Generic[T]):
         self._open_upstreams = upstreams
         self._closed = upstreams == 0
         self._rt = runtime
+
+
+class Held:
+    """What ``Input.hold()`` returns; ``release()`` (or leaving a ``with`` block) lets the
+    held item go. The lineage module returns a subclass that does the holding."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        """Let go of the held item (or batch); releasing twice does nothing."""
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class AnyInput:

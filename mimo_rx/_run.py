@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._acksources import AckSourceStream, wire_lineage
 from ._errors import (
     BufferOverflowError,
     DeadlockError,
@@ -27,6 +28,8 @@ from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._stream import FusedStageError, UserStopIteration
 
 if TYPE_CHECKING:
+    from ._ledger import Ledger
+    from ._lineage import Holder
     from ._workflow import Step, Workflow
 
 
@@ -47,6 +50,8 @@ class Run:
         self.graceful: set[Step] = set()  # sources cancelled by stop(): that is their return
         self.cancelled = False  # workflow.cancel()
         self.tasks: dict[Step, asyncio.Task[None]] = {}
+        self.ledgers: list[Ledger] = []  # one per acknowledged source (contract section 12)
+        self.holders: list[Holder] = []  # the streams downstream of one
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the run's loop soon (from any thread or a signal handler)."""
@@ -151,7 +156,50 @@ class Run:
                 out._connect(inp, p.policy)
         for head, chain in self.chains.items():
             head.stream._fuse([step.stream for step in chain])
+        roots = [step.stream for step in wf.steps if isinstance(step.stream, AckSourceStream)]
+        if roots:  # lineage only where an acknowledged source feeds (zero cost elsewhere)
+            self.holders = wire_lineage(
+                [(p.source.stream, p.output, p.target.stream, p.input) for p in wf.pipes],
+                [step.stream for step in wf.steps],
+                {step.stream: runtime for step, runtime in runtimes.items()},
+                roots,
+            )
+            self.ledgers = [root.ledger for root in roots]
         return steps
+
+    async def _open_sources(self) -> None:
+        """Open every acknowledged source (before any step runs) and start its acks."""
+        for ledger in self.ledgers:
+            ledger.on_error = lambda exc, name=ledger.name: self._ack_failed(name, exc)
+            try:
+                await ledger.source.open()
+            except Exception as exc:
+                raise _stream_error(ledger.name, exc) from exc
+            ledger.opened = True
+            ledger.start()
+
+    def _ack_failed(self, name: str, exc: BaseException) -> None:
+        self.failures.append(_stream_error(name, exc))
+        self._stop()
+
+    async def _close_sources(self, error: BaseException | None) -> None:
+        """The run has ended: ack what is done (after a normal end, everything still held
+        is done too), then close every acknowledged source once."""
+        if error is None:
+            for holder in self.holders:
+                for port in holder.inputs:
+                    port._release_buffered()  # an outlet's unread items: the run has ended
+                holder.release_all()
+        problem: BaseException | None = None
+        for ledger in self.ledgers:
+            try:
+                await ledger.finish()
+            except Exception as exc:
+                problem = problem or _stream_error(ledger.name, exc)
+            if ledger.error is not None and error is None:
+                problem = problem or _stream_error(ledger.name, ledger.error)
+        if problem is not None and error is None:
+            raise problem
 
     async def run(self) -> None:
         steps = self._wire()
@@ -163,12 +211,16 @@ class Run:
         untrack = track_spawned_tasks(self.loop)
         error: BaseException | None = None
         try:
+            if self.ledgers:
+                await self._open_sources()
             await self._supervise(steps)
         except BaseException as exc:
             error = exc
             raise
         finally:
             untrack()
+            if self.ledgers:
+                await self._close_sources(error)
             for step in self.workflow.steps:
                 step.stream._on_end(error)
             watch.run_ended()  # every status is final: the last snapshot, then completion
@@ -219,6 +271,9 @@ class Run:
         try:
             try:
                 await step.stream._execute()
+                for member in group:
+                    if member.stream._holder is not None:  # returned: it holds nothing
+                        member.stream._holder.release_all()
             except asyncio.CancelledError:
                 if step not in self.graceful or self.stop.done():
                     raise

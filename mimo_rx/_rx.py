@@ -27,6 +27,7 @@ from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
 from ._errors import ConfigError
+from ._lineage import Tag, decref, incref, union
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -244,6 +245,24 @@ class _ResumingCollector(_Collector):
         self.owner._emit(("error", self.index, _stage_failed(self.owner, self.stage, error)))
 
 
+class _TrackedCollector(_Collector):
+    """The collector of a chain downstream of an acknowledged source: each emitted item is
+    recorded with its tag, what the stream fed into the chain since it last emitted
+    (``RxStream._emission_tag``)."""
+
+    def on_next(self, value: Any) -> None:
+        owner = self.owner
+        if threading.get_ident() == owner._loop_thread:
+            owner._record(("next", self.index, [(value, owner._emission_tag())]))
+        else:
+            assert owner._loop is not None
+            owner._loop.call_soon_threadsafe(owner._record_foreign_tagged, self.index, value)
+
+
+class _TrackedResumingCollector(_TrackedCollector, _ResumingCollector):
+    """A resuming chain's collector downstream of an acknowledged source."""
+
+
 class RxStream(Stream):
     """A stream whose inputs are Rx observables and whose outputs follow Rx observables.
 
@@ -290,6 +309,7 @@ class RxStream(Stream):
         self._caught: _StageFailed | None = None
         self._fed = 0
         self._last_fed: tuple[Any, str | None] = (None, None)
+        self._emitted = False  # lineage: the chain emitted while the current item was fed
 
     _resumes_itself = True  # the chain is subscribed anew in run()
 
@@ -377,6 +397,9 @@ class RxStream(Stream):
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
         last = self._followers[-1] if self._followers else self
         outputs = [last._outputs[name] for name in last.outs]
+        if self._holder is not None:  # downstream of an acknowledged source: tagged items
+            self._feed = self._feed_tracked  # type: ignore[method-assign]
+            self._push_run = self._push_run_tracked  # type: ignore[method-assign]
         feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
@@ -417,7 +440,11 @@ class RxStream(Stream):
             results = follower._results([_Link(results[0], out, self, stage)])
             stage = follower
         resume = self._on_error == "resume"
-        collector = _ResumingCollector if resume else _Collector
+        collector: type[_Collector]
+        if self._holder is None:
+            collector = _ResumingCollector if resume else _Collector
+        else:
+            collector = _TrackedResumingCollector if resume else _TrackedCollector
         # Resubscribed after a failure: outputs already complete stay complete.
         done = {i for kind, i, _ in self._events if kind == "completed"}
         live = [i for i in range(len(results)) if not outputs[i].closed and i not in done]
@@ -438,7 +465,13 @@ class RxStream(Stream):
         item, port = self._last_fed if failed.item is _UNSET else (failed.item, failed.port)
         stage = failed.stage
         failure = Failure(step_name(stage), failed.error, item, port)
-        await report_failure(stage, failure)
+        await report_failure(stage, failure, *self._failure_tag())
+        if self._holder is not None:  # the chain is built anew: what it held is lost
+            self._holder.release_loose()
+
+    def _failure_tag(self) -> tuple[Any, ...]:
+        """report_failure's tag argument: what the chain held (fused: the head holds it)."""
+        return () if self._holder is None else (self._holder.tag(),)
 
     def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
         """Feed everything buffered (and every close) into the chain; return whether any."""
@@ -485,6 +518,102 @@ class RxStream(Stream):
         finally:
             self._feeding = False
         return fed
+
+    # -- lineage (contract section 12): an item fed into the chain stays held (in the
+    # holder's ``loose``) until the chain next emits; what it emits meanwhile derives from it.
+
+    def _emission_tag(self) -> Tag:
+        """The tag of an item the chain emits now, with a reference of its own (released
+        once pushed); what was fed is let go once the feeding item returns (or now, for an
+        emission from a timer)."""
+        holder = self._holder
+        tag = union(holder.loose)
+        incref(tag)
+        if self._feeding:
+            self._emitted = True
+        else:
+            holder.release_loose()
+        return tag
+
+    def _record_foreign_tagged(self, index: int, value: Any) -> None:
+        self._record_foreign(("next", index, [(value, self._emission_tag())]))
+
+    def _feed_tracked(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
+        """``_feed`` downstream of an acknowledged source: each item's tag goes into the
+        holder while it is fed, and is let go once the chain has emitted."""
+        fed = False
+        if self._open_results == 0:
+            return False
+        holder = self._holder
+        self._feeding = True
+        try:
+            for port, feed in zip(inputs, feeds, strict=True):
+                if port._items:
+                    batch = port._take_all()
+                    tags = port._take_tags(len(batch))  # type: ignore[attr-defined]
+                    fed = True
+                    self._fed += len(batch)
+                    self._last_fed = (batch[-1], port.name)
+                    observers = feed.observers
+                    on_next = observers[0].on_next if len(observers) == 1 else feed.on_next
+                    position = 0
+                    try:
+                        for position, item in enumerate(batch):
+                            if self._open_results == 0:
+                                port._give_back(batch[position:])
+                                port._give_back_tags(tags[position:])  # type: ignore[attr-defined]
+                                return True
+                            tag = tags[position]
+                            if tag:
+                                holder.loose.extend(tag)
+                                holder.changed()
+                            self._emitted = False
+                            on_next(item)
+                            if self._emitted:
+                                holder.release_loose()
+                    except _StageFailed as failed:
+                        port._give_back(batch[position + 1 :])
+                        port._give_back_tags(tags[position + 1 :])  # type: ignore[attr-defined]
+                        if failed.item is _UNSET:
+                            failed.item, failed.port = batch[position], port.name
+                        self._last_fed = (batch[position], port.name)
+                        self._caught = failed
+                        return True
+                    if self._caught is not None:
+                        return True
+                elif port._closed and not feed.done:
+                    try:
+                        feed.on_completed()
+                    except _StageFailed as failed:
+                        self._caught = failed
+                        return True
+                    fed = True
+        finally:
+            self._feeding = False
+        return fed
+
+    async def _push_run_tracked(self, outputs: list[Output[Any]]) -> bool:
+        """``_push_run`` for tagged items: each is pushed with its own tag."""
+        events = self._events
+        kind, index, value = events[0]
+        if kind != "next":
+            return await RxStream._push_run(self, outputs)
+        events.popleft()
+        if not events:
+            self._tail_index = -1
+        out: Any = outputs[index]
+        limit = out._room_limit()
+        if len(value) > limit:
+            events.appendleft(("next", index, value[limit:]))
+            value = value[:limit]
+        for position, (item, tag) in enumerate(value):
+            try:
+                await out._push_tag(item, tag)
+            except BaseException:
+                events.appendleft(("next", index, value[position:]))  # not pushed: kept
+                raise
+            decref(tag or ())
+        return False
 
     async def _push_run(self, outputs: list[Output[Any]]) -> bool:
         """Push the next run of results for one output (or act on the next terminal signal).

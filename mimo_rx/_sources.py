@@ -27,6 +27,13 @@ from reactivex import abc as rx_abc
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
+from ._acksource import AckSource
+from ._acksources import (
+    DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_MAX_IN_FLIGHT,
+    AckSourceStream,
+    check_ack_options,
+)
 from ._errors import ConfigError
 from ._handoff import Handoff
 from ._ports import POLICIES, Output
@@ -45,8 +52,24 @@ class _Stop(Exception):
     """
 
 
-def make_source(source: Any, name: str | None, policy: str) -> Stream:
+def make_source(
+    source: Any,
+    name: str | None,
+    policy: str,
+    max_in_flight: int | None = None,
+    commit_interval: float | None = None,
+) -> Stream:
     """Wrap ``source`` in a stream with one output ``out`` (see ``Workflow.add_source``)."""
+    check_ack_options(source, name or "source", max_in_flight, commit_interval)
+    if isinstance(source, AckSource):
+        return AckSourceStream(
+            source,
+            name=name or "source",
+            max_in_flight=DEFAULT_MAX_IN_FLIGHT if max_in_flight is None else max_in_flight,
+            commit_interval=(
+                DEFAULT_COMMIT_INTERVAL if commit_interval is None else commit_interval
+            ),
+        )
     if policy not in POLICIES:
         raise ConfigError(
             f"policy {policy!r} of source {name or 'source'!r} is unknown; "

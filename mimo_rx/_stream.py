@@ -132,6 +132,9 @@ class Stream:
     # Whether the stream's own run() resumes item by item (map_stream, Rx streams) rather
     # than being called again by _execute.
     _resumes_itself: bool = False
+    # What the stream holds (contract section 12, _lineage.Holder): set by the run only on
+    # streams downstream of an acknowledged source.
+    _holder: Any = None
 
     def __init__(
         self,
@@ -223,6 +226,11 @@ class Stream:
 
     def _on_start(self) -> None:
         """Hook run synchronously when ``start()`` begins, before any stream task runs."""
+
+    def _extra_stats(self) -> dict[str, Any]:
+        """Entries this kind of step adds to its ``stats()`` (an acknowledged source's
+        ``"delivery"``)."""
+        return {}
 
     def _on_end(self, error: BaseException | None) -> None:
         """Hook run synchronously when the run has ended (``error``: how it failed, if so)."""
@@ -452,6 +460,8 @@ async def drive_step_function(
                 await view._flush()
             failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
             await report_failure(stream, failure)
+            if stream._holder is not None:  # the Failure derives from what it took
+                stream._holder.release_loose()
             continue
         if inspect.isawaitable(again):
             if inspect.iscoroutine(again):
@@ -464,6 +474,9 @@ async def drive_step_function(
         seen = arrivals()
         for view in outs_views:
             await view._flush()
+        holder = stream._holder
+        if holder is not None:  # once per call: a plain def releases what it took
+            holder.release_loose()
         if again:
             for out in outputs:
                 await out._wait_for_room()

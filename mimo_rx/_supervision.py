@@ -42,6 +42,9 @@ ON_ERROR: tuple[str, ...] = ("fail", "resume")
 ERRORS = "errors"  # the name of a resuming stream's hidden output
 
 
+_HELD: Any = object()  # report_failure's default tag: what the stream holds
+
+
 class Failure:
     """One failure a stream resumed from, as its ``errors`` output carries it.
 
@@ -97,18 +100,30 @@ def check_on_error(value: object, where: str) -> str:
     return value
 
 
-async def report_failure(stream: Stream, failure: Failure) -> None:
+async def report_failure(stream: Stream, failure: Failure, tag: Any = _HELD) -> None:
     """Count ``failure``, announce it, and push it to the ``errors`` output (or log it).
 
     The push is back-pressured like any other: a full dead-letter sink pauses the stream.
+    Downstream of an acknowledged source (contract section 12) the Failure derives from
+    ``tag`` (default: what the stream holds); when no stream takes it (``errors`` not piped)
+    its messages are nacked once done.
     """
     stream._failures += 1
     errors: Output[Any] = stream._outputs[ERRORS]
     events = errors._rt.events
     if events is not None:
         events({"event": "failure", "stream": failure.stream, "error": repr(failure.error)})
+    taken = bool(errors.targets or errors._lossy)
+    if stream._holder is not None:
+        if tag is _HELD:
+            tag = stream._holder.tag()
+        for ticket in tag or ():
+            ticket.owner.failed(ticket, failure, taken)
     if errors.targets or errors._lossy or errors.observers:
-        await errors.push(failure)
+        if tag is _HELD:
+            await errors.push(failure)
+        else:
+            await errors._push_tag(failure, tag)  # type: ignore[attr-defined]
     else:
         logger.warning(
             "stream %r resumed after %r (item %r from input %r); pipe its 'errors' output "

@@ -261,7 +261,15 @@ class Workflow:
             f"unconnected {unconnected}); name them: pipe(step, output=..., input=...)"
         )
 
-    def add_source(self, source: Any, name: str | None = None, policy: str = "buffer") -> Step:
+    def add_source(
+        self,
+        source: Any,
+        name: str | None = None,
+        policy: str = "buffer",
+        *,
+        max_in_flight: int | None = None,
+        commit_interval: float | None = None,
+    ) -> Step:
         """Add a source and return its step, which has one output named ``out``.
 
         ``source`` may be a ``reactivex.Observable``, an iterable or an async iterable. Iterables,
@@ -269,10 +277,24 @@ class Workflow:
         a hot observable (one that emits after ``subscribe()`` returned, or from another thread)
         cannot be paused and applies ``policy`` at each input it feeds when that input is full:
         ``"buffer"``, ``"drop_newest"``, ``"drop_oldest"``, ``"latest"`` or ``"error"``.
+
+        ``source`` may also be an acknowledged source (:class:`mimo_rx.AckSource`, contract
+        section 12): each message is acked once it and every item derived from it are done.
+        At most ``max_in_flight`` (default 1000) messages are fetched and not yet acked; acks
+        are sent in batches every ``commit_interval`` (default 0.5) seconds. Both options are
+        a ``ConfigError`` for any other kind of source, and when not positive.
         """
         from ._sources import make_source
 
-        return self.add_stream(make_source(source, name=name, policy=policy))
+        return self.add_stream(
+            make_source(
+                source,
+                name=name,
+                policy=policy,
+                max_in_flight=max_in_flight,
+                commit_interval=commit_interval,
+            )
+        )
 
     def add_inlet(self, name: str | None = None) -> Inlet:
         """Add an inlet: a step (default name ``inlet``) with one output ``out``, fed by
@@ -342,6 +364,7 @@ class Workflow:
                 "outputs": {
                     name: {"pushed": port.pushed} for name, port in stream._outputs.items()
                 },
+                **stream._extra_stats(),
             }
         return {"streams": streams}
 

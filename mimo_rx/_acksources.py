@@ -1,0 +1,160 @@
+"""The step of an acknowledged source (contract section 12): fetch, push with a ticket each.
+
+``add_source(ack_source, max_in_flight=..., commit_interval=...)`` makes an
+:class:`AckSourceStream`: a stream with no input and one output ``out``. The run opens the
+source before any step starts (``Run.run``), this step fetches as much as there is room for
+(``min(room, max_in_flight - in flight)``, room being the smallest free room among the inputs
+it feeds through blocking pipes) and pushes each item with a fresh ticket; the ledger
+(``_ledger.py``) acks the tickets once done, and closes the source when the run has ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._acksource import AckSource
+from ._errors import ConfigError
+from ._ledger import Ledger
+from ._lineage import Holder, TrackedOutput, decref, track_input, track_output
+from ._stream import Ports, Stream
+
+if TYPE_CHECKING:
+    from ._monitor import StepRuntime
+
+DEFAULT_MAX_IN_FLIGHT = 1000
+DEFAULT_COMMIT_INTERVAL = 0.5
+
+
+def check_ack_options(
+    source: object, name: str, max_in_flight: object, commit_interval: object
+) -> None:
+    """Raise ``ConfigError`` for options that are not positive, or given to a source that
+    is not an :class:`~mimo_rx.AckSource` (``None`` means not given)."""
+    if not isinstance(source, AckSource):
+        given = [
+            option
+            for option, value in (
+                ("max_in_flight", max_in_flight),
+                ("commit_interval", commit_interval),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"source {name!r} is a {type(source).__name__}, not an acknowledged source "
+                f"(mimo_rx.AckSource), so {' and '.join(given)} do not apply to it; drop "
+                f"{'them' if len(given) > 1 else 'it'}"
+            )
+        return
+    if max_in_flight is not None and (
+        isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1
+    ):
+        raise ConfigError(
+            f"max_in_flight of source {name!r} must be an integer >= 1, not {max_in_flight!r}"
+        )
+    if commit_interval is not None and (
+        isinstance(commit_interval, bool)
+        or not isinstance(commit_interval, int | float)
+        or not commit_interval > 0
+        or commit_interval == float("inf")
+    ):
+        raise ConfigError(
+            f"commit_interval of source {name!r} must be a positive number of seconds, "
+            f"not {commit_interval!r}"
+        )
+
+
+class AckSourceStream(Stream):
+    """Fetches an :class:`~mimo_rx.AckSource` as fast as downstream takes, within the cap."""
+
+    OUT = ("out",)
+
+    def __init__(
+        self, source: AckSource, name: str, max_in_flight: int, commit_interval: float
+    ) -> None:
+        super().__init__(name=name)
+        self.source = source
+        self.ledger = Ledger(source, name, max_in_flight, float(commit_interval))
+        self._stopping = False
+        self._fetching = False
+
+    def _stop_source(self, cancel: Callable[[], None]) -> None:
+        # A waiting fetch loses nothing when cancelled; a fetched batch is pushed first.
+        self._stopping = True
+        if self._fetching:
+            cancel()
+
+    def _extra_stats(self) -> dict[str, Any]:
+        return {"delivery": self.ledger.stats()}
+
+    async def run(self, ins: Ports, outs: Ports) -> None:
+        out: Any = outs.out
+        assert isinstance(out, TrackedOutput)
+        ledger = self.ledger
+        source = self.source
+        runtime = out._rt
+        while not self._stopping and not out.abandoned:
+            room = out._room()
+            if room <= 0:
+                await out._wait_for_room("push()")
+                continue
+            await ledger.wait_for_room(runtime)
+            if self._stopping:
+                return
+            self._fetching = True
+            try:
+                batch = await source.fetch(min(room, ledger.room()))
+            finally:
+                self._fetching = False
+            if batch is None:
+                return
+            for token, item in batch:
+                ticket = ledger.ticket(token)
+                await out._push_tag(item, (ticket,))
+                decref((ticket,))
+
+
+def wire_lineage(
+    pipes: list[tuple[Stream, str, Stream, str]],
+    streams: list[Stream],
+    runtimes: dict[Stream, StepRuntime],
+    roots: list[AckSourceStream],
+) -> list[Holder]:
+    """Switch the ports downstream of ``roots`` to their tracked variants (``_lineage.py``).
+
+    ``pipes`` are ``(source stream, output, target stream, input)``. A stream downstream of a
+    root is tracked: it gets a :class:`Holder`, its inputs and outputs are tracked. An output
+    of another stream that feeds a tracked input is tracked too (its pushes carry no tag),
+    and so is every input such an output feeds, until nothing changes. Returns the holders.
+    """
+    tracked: set[Stream] = {*roots}
+    changed = True
+    while changed:
+        changed = False
+        feeding = {src for src, _, dst, _ in pipes if dst in tracked}
+        for src, _, dst, _ in pipes:
+            if (src in tracked or src in feeding) and dst not in tracked:
+                tracked.add(dst)
+                changed = True
+    holders: list[Holder] = []
+    for stream in streams:
+        if stream not in tracked:
+            continue
+        holder = Holder(stream.name)
+        stream._holder = holder
+        holders.append(holder)
+        for port in stream._inputs.values():
+            track_input(port, holder)
+        for out in stream._outputs.values():
+            track_output(out, holder)
+    for src, output, dst, _ in pipes:
+        if dst in tracked and src not in tracked:
+            track_output(src._outputs[output], None)
+    for root in roots:
+        root.ledger.holders = [
+            (s._holder, runtimes[s])
+            for s in streams
+            if s in tracked and s._holder is not None and s in runtimes
+        ]
+    return holders

@@ -1,0 +1,221 @@
+"""The ledger of one acknowledged source: done messages batched into acks, and the cap.
+
+* Each fetched message gets a :class:`~mimo_rx._lineage.Ticket` owned by the ledger. When it
+  is done the ledger queues its token for ``ack()`` (or ``nack()``: a ``Failure`` derived from
+  it was never taken by a stream).
+* A flusher task, owned by the run (started by :meth:`start`, ended by :meth:`finish`, so no
+  task outlives ``start()``), passes the queued tokens to the source every
+  ``commit_interval`` seconds, and at once when a message is done while the cap is reached.
+* At most ``max_in_flight`` messages are fetched and not yet passed to ``ack``/``nack``: the
+  source step waits in :meth:`wait_for_room`, a mimo_rx wait the deadlock monitor knows (it can
+  end only when a stream downstream moves; the report names the streams holding messages).
+* ``fetched == acked + nacked + in_flight`` always (``acked``/``nacked`` count what was passed
+  to the source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from ._lineage import Holder, Ticket
+
+if TYPE_CHECKING:
+    from ._acksource import AckSource
+    from ._monitor import StepRuntime
+
+
+class Ledger:
+    """Acks and the in-flight cap of one acknowledged source (see the module docstring)."""
+
+    def __init__(
+        self, source: AckSource, name: str, max_in_flight: int, commit_interval: float
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.max_in_flight = max_in_flight
+        self.commit_interval = commit_interval
+        self.fetched = 0
+        self.acked = 0
+        self.nacked = 0
+        self._acks: list[Hashable] = []
+        self._nacks: list[Hashable] = []
+        self._room: asyncio.Future[None] | None = None  # the source waits for the cap
+        self._wake: asyncio.Future[None] | None = None  # the flusher waits for its timer
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._finished = False
+        self.error: BaseException | None = None  # ack()/nack() raised: the run fails
+        self.on_error: Callable[[BaseException], None] | None = None
+        self.holders: list[tuple[Holder, StepRuntime]] = []  # the tracked streams downstream
+        self.opened = False
+
+    @property
+    def in_flight(self) -> int:
+        return self.fetched - self.acked - self.nacked
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "fetched": self.fetched,
+            "acked": self.acked,
+            "nacked": self.nacked,
+            "in_flight": self.in_flight,
+        }
+
+    # -- tickets ---------------------------------------------------------------------------
+
+    def ticket(self, token: Hashable) -> Ticket:
+        self.fetched += 1
+        return Ticket(self, token)
+
+    def done(self, ticket: Ticket) -> None:
+        if self._finished:
+            return  # the run has ended and closed the source: it comes again next time
+        (self._nacks if ticket.nack else self._acks).append(ticket.token)
+        if self._room is not None:  # the cap is reached: pass it on at once
+            self._take_pending()
+            self._kick()
+
+    def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
+        if not taken:
+            ticket.nack = True
+
+    # -- the cap ---------------------------------------------------------------------------
+
+    def room(self) -> int:
+        return self.max_in_flight - self.in_flight
+
+    async def wait_for_room(self, runtime: StepRuntime) -> None:
+        """Wait until fewer than ``max_in_flight`` messages are in flight."""
+        while self.room() <= 0:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room = waiter
+            if self._acks or self._nacks:  # done while we were not waiting yet
+                self._take_pending()
+                self._kick()
+                continue
+            parked = runtime.park("fetch()", _CapWait(self), waiter)
+            try:
+                await waiter
+            finally:
+                self._room = None
+                if parked is not None:
+                    runtime.unpark(parked)
+        self._room = None
+
+    def _take_pending(self) -> None:
+        """Count the queued tokens as passed to the source (the flusher sends them) and wake
+        the source if it waits for the cap."""
+        self.acked += len(self._acks)
+        self.nacked += len(self._nacks)
+        self._sending_acks.extend(self._acks)
+        self._sending_nacks.extend(self._nacks)
+        self._acks.clear()
+        self._nacks.clear()
+        room = self._room
+        if room is not None and not room.done() and self.room() > 0:
+            room.set_result(None)
+
+    _sending_acks: list[Hashable]
+    _sending_nacks: list[Hashable]
+
+    # -- the flusher -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sending_acks = []
+        self._sending_nacks = []
+        self._flusher = asyncio.get_running_loop().create_task(
+            self._flush_loop(), name=f"mimo_rx:{self.name}:acks"
+        )
+
+    def _kick(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._closing:
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake = wake
+                timer = loop.call_later(self.commit_interval, _resolve, wake)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
+            await self._flush()
+            if self._closing:
+                return
+
+    async def _flush(self) -> None:
+        self._take_pending()
+        while self._sending_acks or self._sending_nacks:
+            acks, self._sending_acks = self._sending_acks, []
+            nacks, self._sending_nacks = self._sending_nacks, []
+            try:
+                if acks:
+                    await self.source.ack(acks)
+                if nacks:
+                    await self.source.nack(nacks)
+            except Exception as exc:
+                if self.error is None:
+                    self.error = exc
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                return
+
+    async def finish(self, flush: bool = True) -> None:
+        """The run has ended: send every pending ack (the done ones, however the run
+        ended), stop the flusher, then ``close()`` the source."""
+        self._closing = True
+        self._kick()
+        flusher, self._flusher = self._flusher, None
+        try:
+            if flusher is not None:
+                try:
+                    await asyncio.shield(flusher)
+                except asyncio.CancelledError:
+                    flusher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await flusher
+                    raise
+            if flush and self.error is None:
+                await self._flush()
+        finally:
+            self._finished = True
+            if self.opened:
+                self.opened = False
+                await self.source.close()
+
+    def describe_holders(self) -> str:
+        held = [
+            f"{holder.name!r} ({count})" for holder, _ in self.holders if (count := holder.holds())
+        ]
+        return ", ".join(held) or "no stream (the messages are buffered)"
+
+
+class _CapWait:
+    """The wait of a source whose ``max_in_flight`` is reached (for the deadlock monitor)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def _describe_wait(self) -> str:
+        ledger = self.ledger
+        return (
+            f"max_in_flight ({ledger.max_in_flight} messages fetched and not yet done); "
+            f"the streams holding them: {ledger.describe_holders()}"
+        )
+
+    def _ended_by(self) -> set[StepRuntime]:
+        """The steps whose moving may free a message: every tracked stream downstream."""
+        return {runtime for _, runtime in self.ledger.holders}
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
