@@ -345,7 +345,7 @@ def test_a_process_killed_while_writing_checkpoints_leaves_a_whole_one(tmp_path:
     }
     rng = random.Random(11)
     last = 0
-    for _ in range(8):
+    for _ in range(6):
         with subprocess.Popen(
             [sys.executable, "-c", CHILD, str(path)], env=env, stdout=subprocess.PIPE, text=True
         ) as child:
