@@ -2,10 +2,10 @@
 
 The job is ``examples/resumable_job.py`` (FileSource -> map_stream -> a sink that appends each
 result to a file and flushes it). Each cycle starts the job, kills it with SIGKILL after a random
-delay (uniformly 0 to ``--max-kill-delay`` seconds after the start: sometimes before it has read
-a line, sometimes mid-stream) and starts it again. When a run gets to the end of its file (the
-kill came too late), the epoch is checked and a new file begins; at the deadline the last epoch
-runs to its end without kills. Reported:
+delay (uniformly 0 to ``--max-kill-delay`` seconds after the process starts: sometimes before it
+has read a line, sometimes mid-stream) and starts it again. When a run gets to the end of its
+file (the kill came too late), the epoch is checked and a new file begins; at the deadline the
+last epoch runs to its end without kills. Reported:
 
 * lost: orders of an epoch that no run wrote (must be 0);
 * acked then delivered again: orders that a checkpoint said were done when the job was killed,
@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100_000, help="orders per epoch")
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--commit-interval", type=float, default=0.5)
-    parser.add_argument("--max-kill-delay", type=float, default=2.0)
+    parser.add_argument("--max-kill-delay", type=float, default=3.0)
     parser.add_argument("--slack", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()

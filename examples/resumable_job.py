@@ -35,8 +35,12 @@ LINE_BYTES = len(LINE.format(0, 0, 0))
 
 
 def generate(path: Path, lines: int) -> None:
-    """Write ``lines`` orders (a deterministic pseudo-random quantity and price each)."""
-    with path.open("w", encoding="utf-8") as f:
+    """Write ``lines`` orders (a deterministic pseudo-random quantity and price each).
+
+    Written to a temporary name and renamed: a job killed while generating leaves no half file.
+    """
+    temp = path.with_name(path.name + ".tmp")
+    with temp.open("w", encoding="utf-8") as f:
         for start in range(0, lines, 10_000):
             stop = min(lines, start + 10_000)
             f.write(
@@ -44,6 +48,7 @@ def generate(path: Path, lines: int) -> None:
                     LINE.format(i, i * 7 % 13 + 1, i * 7919 % 99_991) for i in range(start, stop)
                 )
             )
+    temp.replace(path)
 
 
 def make_price(work_s: float) -> Any:
