@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import heapq
 import json
 import os
+from collections import deque
 from collections.abc import Hashable, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -100,7 +100,9 @@ class FileSource:
         self._done = done  # lines after the frontier that are done (from the checkpoint or acked)
         self._skip = set(done)  # lines ahead of the reader that an earlier run did
         self._pending: set[int] = set()  # fetched and not done: in flight, or nacked
-        self._heap: list[int] = []  # the pending offsets, lazily cleaned: heap[0] may be done
+        # the offsets of each fetch, oldest first, until the frontier has passed them all; the
+        # frontier is found with set operations on these lists (C loops), not per line in Python
+        self._fetched: deque[list[int]] = deque()
         # the lines split from the last block read: fetch hands out [_next:]
         self._offsets: list[int] = []
         self._lines: list[str] = []
@@ -141,7 +143,7 @@ class FileSource:
         j = self._next = min(i + max_items, len(self._offsets))
         offsets = self._offsets[i:j]
         self._pending.update(offsets)
-        self._heap.extend(offsets)  # offsets only grow: appending keeps the heap invariant
+        self._fetched.append(offsets)
         return list(zip(offsets, self._lines[i:j], strict=True))
 
     async def ack(self, tokens: Sequence[Hashable]) -> None:
@@ -241,12 +243,14 @@ class FileSource:
     # -- the checkpoint -----------------------------------------------------------------------
 
     def _frontier(self) -> int:
-        """Byte offset of the first line not yet done."""
-        heap, pending = self._heap, self._pending
-        while heap and heap[0] not in pending:
-            heapq.heappop(heap)
-        if heap:
-            return heap[0]
+        """Byte offset of the first line not yet done; forgets the done lines before it."""
+        fetched, pending, done = self._fetched, self._pending, self._done
+        while fetched:
+            oldest = fetched[0]
+            if not pending.isdisjoint(oldest):
+                return min(pending.intersection(oldest))
+            fetched.popleft()  # all done: the checkpoint's offset moves past them
+            done.difference_update(oldest)
         if self._next < len(self._offsets):
             return self._offsets[self._next]
         return self._rest_at
@@ -254,7 +258,7 @@ class FileSource:
     def _snapshot(self) -> dict[str, Any]:
         offset = self._frontier()
         done = self._done
-        if done and min(done) < offset:  # lines before the frontier need no record
+        if done and min(done) < offset:  # lines of the checkpoint this run read past
             done = self._done = {m for m in done if m > offset}
         return {"offset": offset, "done": sorted(done)}
 
