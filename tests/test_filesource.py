@@ -361,3 +361,43 @@ def test_a_process_killed_while_writing_checkpoints_leaves_a_whole_one(tmp_path:
         last = data["offset"]
     assert 0 < last < len(lines) * 6, "the kills should land mid-run"
     assert run_once(FileSource(path)) == lines[last // 6 :]
+
+
+def test_a_followed_file_feeds_a_workflow_until_stop_and_every_line_is_acked(
+    tmp_path: Path,
+) -> None:
+    from mimo_rx import Stream, Workflow
+
+    path = write(tmp_path / "in.txt", b"a\n")
+
+    async def main() -> tuple[list[str], dict[str, Any]]:
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+
+        async def sink(ins: Any, outs: Any, state: Any) -> None:
+            async for line in ins.x:
+                arrived.put_nowait(line)
+
+        source = FileSource(path, follow=True)
+        source.poll_interval = 0.005
+        workflow = Workflow()
+        step = workflow.add_source(source, commit_interval=0.01)
+        step.pipe(workflow.add_stream(Stream(["x"], fn=sink)))
+        run = asyncio.ensure_future(workflow.start())
+        got = [await asyncio.wait_for(arrived.get(), 10)]
+        with path.open("ab") as f:
+            f.write(b"b\r\nc\n")
+        got += [await asyncio.wait_for(arrived.get(), 10) for _ in range(2)]
+        workflow.stop()  # cancels the fetch waiting at the end of the file; drains; acks
+        await asyncio.wait_for(run, 10)
+        return got, workflow.stats()["streams"]
+
+    got, stats = asyncio.run(main())
+    assert got == ["a", "b", "c"]
+    assert checkpoint_of(path) == {"offset": 7, "done": []}
+    (delivery,) = [s["delivery"] for s in stats.values() if "delivery" in s]
+    assert delivery == {
+        "fetched": 3,
+        "acked": 3,
+        "nacked": 0,
+        "in_flight": 0,
+    }

@@ -43,9 +43,9 @@ class FileSource:
     """The lines of a text file, delivered at least once across crashes (contract section 12).
 
     Each line comes without its line ending (``\\n`` or ``\\r\\n``). A last line with no ending is
-    a line too; with ``follow=True`` it is delivered only once its ending is written, or at
-    ``stop()``. At the end of the file the source ends, unless ``follow=True``: then it polls for
-    appended lines until the run is stopped.
+    a line too; with ``follow=True`` it is delivered only once its ending is written, or by a
+    ``fetch`` after ``stop()`` cancelled a waiting one. At the end of the file the source ends,
+    unless ``follow=True``: then it polls for appended lines until the run is stopped.
 
     Args:
         path: The text file to read.
