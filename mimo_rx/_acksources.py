@@ -10,13 +10,13 @@ it feeds through blocking pipes) and pushes each item with a fresh ticket; the l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._acksource import AckSource
 from ._errors import ConfigError
 from ._ledger import Ledger
-from ._lineage import Holder, TrackedOutput, decref, track_input, track_output
+from ._lineage import Holder, TrackedOutput, track_input, track_output
 from ._stream import Ports, Stream
 
 if TYPE_CHECKING:
@@ -109,17 +109,16 @@ class AckSourceStream(Stream):
                 self._fetching = False
             if batch is None:
                 return
-            for token, item in batch:
-                ticket = ledger.ticket(token)
-                await out._push_tag(item, (ticket,))
-                decref((ticket,))
+            ledger.fetched += len(batch)
+            await out._push_fetched(batch, ledger)
 
 
 def wire_lineage(
     pipes: list[tuple[Stream, str, Stream, str]],
     streams: list[Stream],
     runtimes: dict[Stream, StepRuntime],
-    roots: list[AckSourceStream],
+    roots: Sequence[Stream],
+    late: bool = False,
 ) -> list[Holder]:
     """Switch the ports downstream of ``roots`` to their tracked variants (``_lineage.py``).
 
@@ -128,7 +127,7 @@ def wire_lineage(
     of another stream that feeds a tracked input is tracked too (its pushes carry no tag),
     and so is every input such an output feeds, until nothing changes. Returns the holders.
     """
-    tracked: set[Stream] = {*roots}
+    tracked: set[Stream] = set(roots)
     changed = True
     while changed:
         changed = False
@@ -139,19 +138,21 @@ def wire_lineage(
                 changed = True
     holders: list[Holder] = []
     for stream in streams:
-        if stream not in tracked:
-            continue
+        if stream not in tracked or stream._holder is not None:
+            continue  # untracked, or tracked already (downstream of another root)
         holder = Holder(stream.name)
         stream._holder = holder
         holders.append(holder)
         for port in stream._inputs.values():
-            track_input(port, holder)
+            track_input(port, holder, late)
         for out in stream._outputs.values():
             track_output(out, holder)
     for src, output, dst, _ in pipes:
         if dst in tracked and src not in tracked:
             track_output(src._outputs[output], None)
     for root in roots:
+        if not isinstance(root, AckSourceStream):
+            continue
         root.ledger.holders = [
             (s._holder, runtimes[s])
             for s in streams

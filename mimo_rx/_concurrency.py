@@ -184,7 +184,7 @@ class _MapStream(Stream):
 
     async def run(self, ins: Ports, outs: Ports) -> None:
         if self._holder is not None:
-            return await self._run_tracked(ins.x, outs.y)
+            return await self._run_tracked(ins.x, outs.y, _Jobs(self, ins.x._rt))
         x: Input[Any] = ins.x
         y: Output[Any] = outs.y
         jobs = _Jobs(self, x._rt)
@@ -192,6 +192,8 @@ class _MapStream(Stream):
         resume = self._on_error == "resume"
         try:
             while True:
+                if self._holder is not None:  # an inlet's send_and_wait switched it on
+                    return await self._run_tracked(x, y, jobs)
                 # Push what is ready first: a full downstream parks us here, and while we are
                 # parked nothing new is submitted.
                 while (job := jobs.next_ready()) is not None:
@@ -222,14 +224,18 @@ class _MapStream(Stream):
         finally:
             await jobs.close()
 
-    async def _run_tracked(self, x: Any, y: Any) -> None:
+    async def _run_tracked(self, x: Any, y: Any, jobs: _Jobs) -> None:
         """``run`` downstream of an acknowledged source (contract section 12): each job keeps
         the tickets of its own item (taken out of the stream's holder), and its result, or its
         Failure, derives from that item only. The same loop as ``run`` otherwise."""
         holder = self._holder
-        jobs = _Jobs(self, x._rt)
         limit = self.concurrency
         resume = self._on_error == "resume"
+        orphan = x._adopt_orphan()  # the item an untracked pop took as tracking began
+        if orphan is not None and jobs.jobs:
+            jobs.jobs[-1].tag = orphan
+        elif orphan is not None:
+            decref(orphan)
 
         async def take() -> None:
             item = await x.pop()
@@ -240,7 +246,7 @@ class _MapStream(Stream):
         try:
             while True:
                 while (job := jobs.next_ready()) is not None:
-                    tag = job.tag
+                    tag = getattr(job, "tag", ())  # unset: submitted before tracking began
                     try:
                         value = jobs.result(job)
                     except Exception as exc:

@@ -6,6 +6,7 @@
     ├── EndOfStream                 an input is closed and drained (a signal, not a fault)
     ├── ClosedError                 push() on a closed output, send() on a closed inlet
     ├── WouldBlock                  inlet.send_nowait() could not deliver without waiting
+    ├── ItemFailed                  inlet.send_and_wait(item): something made from it failed
     ├── ConfigError (ValueError)    a graph that is built wrong: bad port name, bad buffer size
     │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
     ├── WorkflowError (RuntimeError)  a workflow that cannot be run as asked
@@ -20,6 +21,8 @@ also kept as attributes (``stream``, ``port``) so programs need not parse messag
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MimoError(Exception):
@@ -70,6 +73,21 @@ class WouldBlock(MimoError):
         super().__init__(
             f"inlet {stream!r} cannot deliver to its output {port!r} without waiting: {reason}; "
             "use 'await inlet.send(item)' to wait, or retry later"
+        )
+
+
+class ItemFailed(MimoError):
+    """``await inlet.send_and_wait(item)``: something derived from ``item`` became a
+    ``Failure`` (a stream with ``on_error="resume"`` skipped it). ``failures`` lists them."""
+
+    def __init__(self, stream: str, failures: list[Any]) -> None:
+        self.stream = stream
+        self.failures = failures
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        super().__init__(
+            f"an item sent by inlet {stream!r} failed in stream {first.stream!r}: "
+            f"{first.error!r}{more}; see .failures (each a mimo_rx.Failure)"
         )
 
 

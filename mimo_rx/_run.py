@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._acksources import AckSourceStream, wire_lineage
@@ -25,7 +25,7 @@ from ._errors import (
     WorkflowError,
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
-from ._stream import FusedStageError, UserStopIteration
+from ._stream import FusedStageError, Stream, UserStopIteration
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -52,6 +52,7 @@ class Run:
         self.tasks: dict[Step, asyncio.Task[None]] = {}
         self.ledgers: list[Ledger] = []  # one per acknowledged source (contract section 12)
         self.holders: list[Holder] = []  # the streams downstream of one
+        self.runtimes: dict[Stream, StepRuntime] = {}
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the run's loop soon (from any thread or a signal handler)."""
@@ -76,7 +77,15 @@ class Run:
     def cancel(self) -> None:
         if not self.stop.done():
             self.cancelled = True
+            self._freeze()
             self._stop()
+
+    def _freeze(self) -> None:
+        """The run fails or is cancelled: no message is done from now on (contract 12)."""
+        for ledger in self.ledgers:
+            ledger.freeze()
+        for step in self.workflow.steps:
+            step.stream._freeze_lineage()
 
     def _plan_fusion(self) -> dict[Step, list[Step]]:
         """Find chains of adjacent fusable streams (``operator()`` stages); head -> followers.
@@ -156,16 +165,26 @@ class Run:
                 out._connect(inp, p.policy)
         for head, chain in self.chains.items():
             head.stream._fuse([step.stream for step in chain])
+        self.runtimes = {step.stream: runtime for step, runtime in runtimes.items()}
         roots = [step.stream for step in wf.steps if isinstance(step.stream, AckSourceStream)]
         if roots:  # lineage only where an acknowledged source feeds (zero cost elsewhere)
-            self.holders = wire_lineage(
-                [(p.source.stream, p.output, p.target.stream, p.input) for p in wf.pipes],
-                [step.stream for step in wf.steps],
-                {step.stream: runtime for step, runtime in runtimes.items()},
-                roots,
-            )
+            self.track(roots)
             self.ledgers = [root.ledger for root in roots]
         return steps
+
+    def track(self, roots: Sequence[Stream], late: bool = False) -> None:
+        """Track lineage downstream of ``roots`` (acknowledged sources when the run is wired;
+        an inlet at its first ``send_and_wait``)."""
+        wf = self.workflow
+        self.holders += wire_lineage(
+            [(p.source.stream, p.output, p.target.stream, p.input) for p in wf.pipes],
+            [step.stream for step in wf.steps],
+            self.runtimes,
+            roots,
+            late,
+        )
+        for step in wf.steps:
+            step._ports_changed()
 
     async def _open_sources(self) -> None:
         """Open every acknowledged source (before any step runs) and start its acks."""
@@ -180,6 +199,7 @@ class Run:
 
     def _ack_failed(self, name: str, exc: BaseException) -> None:
         self.failures.append(_stream_error(name, exc))
+        self._freeze()
         self._stop()
 
     async def _close_sources(self, error: BaseException | None) -> None:
@@ -219,7 +239,7 @@ class Run:
             raise
         finally:
             untrack()
-            if self.ledgers:
+            if self.holders:
                 await self._close_sources(error)
             for step in self.workflow.steps:
                 step.stream._on_end(error)
@@ -241,6 +261,7 @@ class Run:
         try:
             await asyncio.shield(self.stop)
         except asyncio.CancelledError:
+            self._freeze()
             await self._shutdown(tasks, WorkflowCancelled(), "cancelled")
             raise
         finally:
@@ -297,6 +318,7 @@ class Run:
                 member.status = "failed" if member is failed else "cancelled"
             failed.error = exc
             self.failures.append(_stream_error(failed.name, exc))
+            self._freeze()
             self._stop()
         else:
             for member in group:
@@ -316,6 +338,7 @@ class Run:
     def _on_deadlock(self, waits: list[str]) -> None:
         if self.deadlock is None and not self.stop.done():
             self.deadlock = DeadlockError(waits)
+            self._freeze()
             self._stop()
 
     async def _shutdown(

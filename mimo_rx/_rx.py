@@ -310,6 +310,7 @@ class RxStream(Stream):
         self._fed = 0
         self._last_fed: tuple[Any, str | None] = (None, None)
         self._emitted = False  # lineage: the chain emitted while the current item was fed
+        self._collectors: list[_Collector] = []
 
     _resumes_itself = True  # the chain is subscribed anew in run()
 
@@ -400,9 +401,13 @@ class RxStream(Stream):
         if self._holder is not None:  # downstream of an acknowledged source: tagged items
             self._feed = self._feed_tracked  # type: ignore[method-assign]
             self._push_run = self._push_run_tracked  # type: ignore[method-assign]
+        tracking = self._holder is not None
         feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
+                if not tracking and self._holder is not None:  # an inlet's send_and_wait
+                    tracking = True
+                    self._start_tracking()
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
                 fed = self._feed(inputs, feeds)
@@ -450,8 +455,10 @@ class RxStream(Stream):
         live = [i for i in range(len(results)) if not outputs[i].closed and i not in done]
         self._open_results = len(live)
         self._fed = 0
+        self._collectors = [collector(self, i, stage) for i in live]
         subscriptions = [
-            results[i].subscribe(collector(self, i, stage), scheduler=scheduler) for i in live
+            results[i].subscribe(c, scheduler=scheduler)
+            for i, c in zip(live, self._collectors, strict=True)
         ]
         return feeds, subscriptions
 
@@ -522,6 +529,18 @@ class RxStream(Stream):
     # -- lineage (contract section 12): an item fed into the chain stays held (in the
     # holder's ``loose``) until the chain next emits; what it emits meanwhile derives from it.
 
+    def _start_tracking(self) -> None:
+        """Switch a running chain to tagged items (an inlet's first ``send_and_wait``): what
+        it emitted so far derives from nothing."""
+        for kind, _, value in self._events:
+            if kind == "next":
+                value[:] = [(item, None) for item in value]  # in place: _tail is one of them
+        for collector in self._collectors:
+            resuming = isinstance(collector, _ResumingCollector)
+            collector.__class__ = _TrackedResumingCollector if resuming else _TrackedCollector
+        self._feed = self._feed_tracked  # type: ignore[method-assign]
+        self._push_run = self._push_run_tracked  # type: ignore[method-assign]
+
     def _emission_tag(self) -> Tag:
         """The tag of an item the chain emits now, with a reference of its own (released
         once pushed); what was fed is let go once the feeding item returns (or now, for an
@@ -566,7 +585,7 @@ class RxStream(Stream):
                             tag = tags[position]
                             if tag:
                                 holder.loose.extend(tag)
-                                holder.changed()
+                                holder.single = None
                             self._emitted = False
                             on_next(item)
                             if self._emitted:

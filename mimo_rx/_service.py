@@ -40,11 +40,13 @@ from reactivex.disposable import Disposable
 from ._errors import (
     ClosedError,
     EndOfStream,
+    ItemFailed,
     WorkflowCancelled,
     WorkflowError,
     WouldBlock,
 )
 from ._handoff import Handoff, on_loop_thread
+from ._lineage import Ticket, TrackedOutput, Waiter, decref
 from ._ports import Input, Output
 from ._stream import Ports, Stream
 from ._workflow import Step
@@ -74,6 +76,8 @@ class InletStream(Stream):
         self._in_flight = 0  # loop sends that began and have not delivered yet
         self._handoff: Handoff | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: set[asyncio.Future[list[Any]]] = set()  # send_and_wait calls pending
+        self._frozen = False  # the run failed or was cancelled: no send_and_wait is done
 
     # -- run-time hooks (on the loop) --
 
@@ -94,9 +98,21 @@ class InletStream(Stream):
         self._accepting = False
         if self._handoff is not None:
             self._handoff.stop()  # threads still waiting get ClosedError
+        if self._waiters:
+            if isinstance(error, asyncio.CancelledError):
+                error = WorkflowCancelled(self._step_name, "out")
+            for waiter in self._waiters:
+                if not waiter.done():
+                    if error is None:
+                        waiter.set_result([])
+                    else:
+                        waiter.set_exception(error)
 
     def _stop_source(self, cancel: Callable[[], None]) -> None:
         self.close()
+
+    def _freeze_lineage(self) -> None:
+        self._frozen = True
 
     @property
     def _step_name(self) -> str:
@@ -165,6 +181,37 @@ class InletStream(Stream):
             self._in_flight -= 1
             if self._closed and not self._in_flight and self._handoff is not None:
                 self._handoff.seal()  # wakes the inlet's task, which may now end
+
+    async def send_and_wait(self, item: Any, track: Callable[[], None]) -> None:
+        """See ``Inlet.send_and_wait``; ``track`` switches the inlet's downstream to lineage
+        tracking (called once, at the first call, after the run has started)."""
+        if self._closed or self._ended:
+            raise self._refuse("send_and_wait()")
+        if not self._started.is_set():
+            await self._started_event().wait()
+            if self._closed or self._ended:
+                raise self._refuse("send_and_wait()")
+        out = self._out
+        if not isinstance(out, TrackedOutput):
+            track()
+        assert isinstance(out, TrackedOutput)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        ticket = Ticket(Waiter(future, lambda: self._frozen), None)
+        self._waiters.add(future)
+        try:
+            self._in_flight += 1
+            try:
+                await out._push_tag(item, (ticket,))
+            finally:
+                self._in_flight -= 1
+                if self._closed and not self._in_flight and self._handoff is not None:
+                    self._handoff.seal()
+            decref((ticket,))
+            failures = await asyncio.shield(future)
+        finally:
+            self._waiters.discard(future)
+        if failures:
+            raise ItemFailed(self._step_name, list(failures))
 
     def send_nowait(self, item: Any) -> None:
         if self._closed or self._ended:
@@ -287,6 +334,29 @@ class Inlet(Step):
         """
         await self.stream.send(item)
 
+    async def send_and_wait(self, item: Any) -> None:
+        """Send ``item`` like ``send`` and return once it, and every item derived from it
+        anywhere in the graph, is done (contract section 12: taken and released, dropped by a
+        pipe policy, discarded by a finished consumer, or read past at an outlet).
+
+        The inlet's downstream tracks lineage from the first call on (until then, inlets
+        cost nothing more than before).
+
+        Raises:
+            ItemFailed: something derived from ``item`` became a ``Failure``; its
+                ``failures`` lists them.
+            ClosedError: the inlet was closed, or the run has ended.
+            StreamError, DeadlockError, WorkflowCancelled: the run failed or was cancelled
+                before the item was done (what ``receive()`` would raise).
+        """
+
+        def track() -> None:
+            run = self.workflow._run
+            if run is not None:
+                run.track([self.stream], late=True)
+
+        await self.stream.send_and_wait(item, track)
+
     def send_nowait(self, item: Any) -> None:
         """Deliver ``item`` at once, from the run's event loop.
 
@@ -402,6 +472,10 @@ class Outlet(Step):
     def __init__(self, workflow: Workflow, stream: Stream, name: str) -> None:
         super().__init__(workflow, stream, name)
         self.receive = self.stream._input.pop  # type: ignore[method-assign]  # no extra frame
+
+    def _ports_changed(self) -> None:
+        # The input became a tracked one (contract section 12): bind its tracked pop.
+        self.receive = self.stream._input.pop  # type: ignore[method-assign]
 
     async def receive(self) -> Any:
         """Return the next item, waiting while none is buffered.

@@ -227,6 +227,10 @@ class Stream:
     def _on_start(self) -> None:
         """Hook run synchronously when ``start()`` begins, before any stream task runs."""
 
+    def _freeze_lineage(self) -> None:
+        """The run fails or is cancelled: from now on nothing this step owns is done
+        (an inlet's send_and_wait calls raise what the run raises instead)."""
+
     def _extra_stats(self) -> dict[str, Any]:
         """Entries this kind of step adds to its ``stats()`` (an acknowledged source's
         ``"delivery"``)."""

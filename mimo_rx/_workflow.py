@@ -80,6 +80,9 @@ class Step:
             if emit is not None:
                 emit({"event": "status", "stream": self.name, "status": value})
 
+    def _ports_changed(self) -> None:
+        """The run switched this step's ports to other classes (lineage tracking)."""
+
     def pipe(
         self,
         other: Step,
