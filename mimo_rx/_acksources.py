@@ -150,6 +150,10 @@ def wire_lineage(
     for src, output, dst, _ in pipes:
         if dst in tracked and src not in tracked:
             track_output(src._outputs[output], None)
+    for stream in streams:  # every input is tracked now: the outputs' fast paths may apply
+        for out in stream._outputs.values():
+            if isinstance(out, TrackedOutput):
+                out._refresh_fast_path()
     for root in roots:
         if not isinstance(root, AckSourceStream):
             continue

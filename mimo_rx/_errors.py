@@ -77,8 +77,10 @@ class WouldBlock(MimoError):
 
 
 class ItemFailed(MimoError):
-    """``await inlet.send_and_wait(item)``: something derived from ``item`` became a
-    ``Failure`` (a stream with ``on_error="resume"`` skipped it). ``failures`` lists them."""
+    """``await inlet.send_and_wait(item)``: something made from ``item`` became a Failure.
+
+    A stream with ``on_error="resume"`` skipped it; ``failures`` lists each ``Failure``.
+    """
 
     def __init__(self, stream: str, failures: list[Any]) -> None:
         self.stream = stream

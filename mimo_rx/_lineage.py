@@ -448,8 +448,28 @@ class TrackedOutput(Output[Any]):
     def _use_plain_push(self) -> None:
         pass
 
+    _tfast: TrackedInput | None = None  # push's fast path: see _refresh_fast_path
+
     def _refresh_fast_path(self) -> None:
-        self._fast_target = None  # Output.push's fast path (and an inlet's) carries no tag
+        # Output.push's fast path (and an inlet's send) carries no tag: never used here.
+        self._fast_target = None
+        # Ours, on the same terms: one blocking input, no lossy one, no Rx subscriber, open.
+        fast = len(self.targets) == 1 and not self.closed and not self.observers
+        target: Any = self.targets[0] if fast and not self._lossy else None
+        late = getattr(target, "_late", True)  # an input not tracked yet: not fast (yet)
+        self._tfast = None if target is None or target._finished or late else target
+
+    def _subscribe_core(self, observer: Any, scheduler: Any = None) -> Any:
+        self._tfast = None  # every push must now reach the Rx subscriber too
+        return super()._subscribe_core(observer, scheduler)
+
+    def close(self) -> None:
+        self._tfast = None
+        super().close()
+
+    def _fail(self, error: Exception) -> None:
+        self._tfast = None
+        super()._fail(error)
 
     def _current_tag(self) -> Tag:
         holder = self._holder
@@ -464,6 +484,19 @@ class TrackedOutput(Output[Any]):
         else:
             single = holder.single
             tag = (single._held or None) if single is not None else holder.tag()
+        fast = self._tfast
+        if fast is not None:  # one input, below its peak so far: nothing else to check
+            buffered = fast._items
+            if len(buffered) < fast._mark:
+                buffered.append(item)
+                fast._tags.append(tag)
+                if tag:
+                    for ticket in tag:
+                        ticket.refs += 1
+                self.pushed += 1
+                if fast._getter is not None:
+                    fast._wake_getter()
+                return True
         if self._lossy or self.closed:
             return await self._push_tag(item, tag)
         targets = self.targets
@@ -639,4 +672,4 @@ def track_output(port: Output[Any], holder: Holder | None) -> None:
         port.__dict__.pop(name, None)
     port.__class__ = _tracked_class(type(port), TrackedOutput)
     port._holder = holder  # type: ignore[attr-defined]
-    port._fast_target = None
+    port._refresh_fast_path()

@@ -536,6 +536,32 @@ def test_untracked_graphs_keep_plain_ports() -> None:
     assert type(source.stream.output("out")) is mimo_rx.Output
 
 
+def test_prometheus_families_follow_delivery_stats() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import mimo_rx.prometheus
+
+    src = Recorder(30, batch=4)
+    wf = Workflow()
+    wf.add_source(src, name="orders", commit_interval=0.005).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    registry = CollectorRegistry()
+    mimo_rx.prometheus.instrument(wf, name="shop", registry=registry)
+    run_checked(wf)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    labels = (("stream", "orders"), ("workflow", "shop"))
+    assert samples[("mimo_rx_source_acked_total", labels)] == 30
+    assert samples[("mimo_rx_source_nacked_total", labels)] == 0
+    assert samples[("mimo_rx_source_in_flight", labels)] == 0
+    assert not any(name.startswith("mimo_rx_source") for name, lab in samples if lab != labels)
+
+
 # -- send_and_wait ---------------------------------------------------------------------------
 
 
