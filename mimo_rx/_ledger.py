@@ -198,9 +198,10 @@ class _CapWait:
             f"the streams holding them: {ledger.describe_holders()}"
         )
 
-    def _ended_by(self) -> set[StepRuntime]:
-        """The steps whose moving may free a message: every tracked stream downstream."""
-        return {runtime for _, runtime in self.ledger.holders}
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        """The deadlock monitor's question: can a step outside ``stuck`` free a message?
+        Any tracked stream downstream that can move may."""
+        return not {runtime for _, runtime in self.ledger.holders} <= stuck
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

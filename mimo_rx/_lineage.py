@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from ._errors import ClosedError, EndOfStream
 from ._ports import Held as _Held
 from ._ports import Input, Output
+from ._unawaited import recognise
 
 Tag = tuple["Ticket", ...] | None
 
@@ -673,3 +674,8 @@ def track_output(port: Output[Any], holder: Holder | None) -> None:
     port.__class__ = _tracked_class(type(port), TrackedOutput)
     port._holder = holder  # type: ignore[attr-defined]
     port._refresh_fast_path()
+
+
+# A tracked push or push_many called without await fails the run too (see _unawaited).
+recognise("push", TrackedOutput.push)
+recognise("push_many", TrackedOutput.push_many)

@@ -861,3 +861,19 @@ def test_property_every_message_acked_once_never_early(spec: dict[str, Any]) -> 
     assert all(count == 1 for count in done.values())
     assert set(src.nacked) == oracle.failed
     assert delivery(wf)["in_flight"] == 0
+
+
+def test_a_forgotten_await_on_a_tracked_push_fails_the_run() -> None:
+    wf = Workflow()
+
+    async def forgetful(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            outs.y.push(item)  # type: ignore[unused-coroutine]  # the mistake under test
+
+    stage = wf.add_stream(Stream(["x"], ["y"], fn=forgetful, name="forgetful"))
+    wf.add_source(Recorder(3)).pipe(stage).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    with pytest.raises(StreamError) as info:
+        run_checked(wf)
+    assert isinstance(info.value.__cause__, mimo_rx.MissingAwaitError)
