@@ -15,6 +15,7 @@ from ._errors import (
     EndOfStream,
     ItemFailed,
     MimoError,
+    MissingAwaitError,
     PipeError,
     SourceOverflowError,
     StreamError,
@@ -25,9 +26,10 @@ from ._errors import (
 from ._ports import Input, Output
 from ._rx import operator, rx_stream
 from ._service import Inlet, Outlet
+from ._step import Step
 from ._stream import Stream
 from ._supervision import Failure
-from ._workflow import Step, Workflow
+from ._workflow import Workflow
 
 __all__ = [
     "AckSource",
@@ -41,6 +43,7 @@ __all__ = [
     "Input",
     "ItemFailed",
     "MimoError",
+    "MissingAwaitError",
     "Outlet",
     "Output",
     "PipeError",

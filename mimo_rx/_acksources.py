@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._acksource import AckSource
 from ._errors import ConfigError
 from ._ledger import Ledger
-from ._lineage import Holder, TrackedOutput, decref, track_input, track_output
+from ._lineage import Holder, TrackedOutput, track_input, track_output
 from ._stream import Ports, Stream
 
 if TYPE_CHECKING:
@@ -109,10 +109,8 @@ class AckSourceStream(Stream):
                 self._fetching = False
             if batch is None:
                 return
-            for token, item in batch:
-                ticket = ledger.ticket(token)
-                await out._push_tag(item, (ticket,))
-                decref((ticket,))
+            ledger.fetched += len(batch)
+            await out._push_fetched(batch, ledger)
 
 
 def wire_lineage(
@@ -120,6 +118,7 @@ def wire_lineage(
     streams: list[Stream],
     runtimes: dict[Stream, StepRuntime],
     roots: Sequence[Stream],
+    late: bool = False,
 ) -> list[Holder]:
     """Switch the ports downstream of ``roots`` to their tracked variants (``_lineage.py``).
 
@@ -145,12 +144,16 @@ def wire_lineage(
         stream._holder = holder
         holders.append(holder)
         for port in stream._inputs.values():
-            track_input(port, holder)
+            track_input(port, holder, late)
         for out in stream._outputs.values():
             track_output(out, holder)
     for src, output, dst, _ in pipes:
         if dst in tracked and src not in tracked:
             track_output(src._outputs[output], None)
+    for stream in streams:  # every input is tracked now: the outputs' fast paths may apply
+        for out in stream._outputs.values():
+            if isinstance(out, TrackedOutput):
+                out._refresh_fast_path()
     for root in roots:
         if not isinstance(root, AckSourceStream):
             continue

@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._errors import ConfigError, EndOfStream
+from ._handoff import thread_work
 from ._lineage import decref
 from ._monitor import StepRuntime
 from ._ports import Input, Output
@@ -231,6 +232,11 @@ class _MapStream(Stream):
         holder = self._holder
         limit = self.concurrency
         resume = self._on_error == "resume"
+        orphan = x._adopt_orphan()  # the item an untracked pop took as tracking began
+        if orphan is not None and jobs.jobs:
+            jobs.jobs[-1].tag = orphan
+        elif orphan is not None:
+            decref(orphan)
 
         async def take() -> None:
             item = await x.pop()
@@ -326,7 +332,8 @@ class _Jobs:
         self.running += 1
         self.runtime.busy += 1
         if isinstance(future, concurrent.futures.Future):
-            future.add_done_callback(lambda _: self._from_thread(job))
+            finished = thread_work(self.loop)
+            future.add_done_callback(lambda _: self._from_thread(job, finished))
         else:
             future.add_done_callback(lambda _: self._completed(job))
 
@@ -359,11 +366,12 @@ class _Jobs:
 
         return await with_retries(attempt, stream.retries, stream.backoff)
 
-    def _from_thread(self, job: _Job) -> None:
+    def _from_thread(self, job: _Job, finished: Callable[[], None]) -> None:
         # A job that outlives the run (a thread cannot be interrupted) may finish after the
         # loop has closed: nobody waits for it any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._completed, job)
+        finished()
 
     def _completed(self, job: _Job) -> None:
         if self.closed or job.done:

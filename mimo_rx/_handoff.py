@@ -177,6 +177,21 @@ class Handoff:
             self._schedule_wake()
 
 
+def _nothing() -> None:
+    pass
+
+
+def thread_work(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Tell ``loop`` that work was sent to another thread; call the returned function (from
+    any thread) once the work's result has been handed to the loop.
+
+    Only ``mimo_rx.testing``'s virtual-time loop counts it (its clock then runs at real speed
+    rather than jumping past the thread); on any other loop this is one ``getattr``.
+    """
+    begin = getattr(loop, "mimo_thread_work", None)
+    return _nothing if begin is None else begin()
+
+
 def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop

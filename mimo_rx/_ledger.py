@@ -70,12 +70,16 @@ class Ledger:
         self.fetched += 1
         return Ticket(self, token)
 
+    def freeze(self) -> None:
+        """The run fails or is cancelled: what is done from now on (buffers discarded by
+        the shutdown) is not handled; it comes again next time. What was done is acked."""
+        self._finished = True
+
     def done(self, ticket: Ticket) -> None:
         if self._finished:
-            return  # the run has ended and closed the source: it comes again next time
+            return  # the run failed, or has ended and closed the source: it comes again
         (self._nacks if ticket.nack else self._acks).append(ticket.token)
         if self._room is not None:  # the cap is reached: pass it on at once
-            self._take_pending()
             self._kick()
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
@@ -88,14 +92,13 @@ class Ledger:
         return self.max_in_flight - self.in_flight
 
     async def wait_for_room(self, runtime: StepRuntime) -> None:
-        """Wait until fewer than ``max_in_flight`` messages are in flight."""
+        """Wait until fewer than ``max_in_flight`` messages are in flight (fetched and not
+        yet passed to ``ack``/``nack``)."""
         while self.room() <= 0:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room = waiter
-            if self._acks or self._nacks:  # done while we were not waiting yet
-                self._take_pending()
+            if self._acks or self._nacks:  # done before we waited: send them now
                 self._kick()
-                continue
             parked = runtime.park("fetch()", _CapWait(self), waiter)
             try:
                 await waiter
@@ -103,29 +106,10 @@ class Ledger:
                 self._room = None
                 if parked is not None:
                     runtime.unpark(parked)
-        self._room = None
-
-    def _take_pending(self) -> None:
-        """Count the queued tokens as passed to the source (the flusher sends them) and wake
-        the source if it waits for the cap."""
-        self.acked += len(self._acks)
-        self.nacked += len(self._nacks)
-        self._sending_acks.extend(self._acks)
-        self._sending_nacks.extend(self._nacks)
-        self._acks.clear()
-        self._nacks.clear()
-        room = self._room
-        if room is not None and not room.done() and self.room() > 0:
-            room.set_result(None)
-
-    _sending_acks: list[Hashable]
-    _sending_nacks: list[Hashable]
 
     # -- the flusher -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._sending_acks = []
-        self._sending_nacks = []
         self._flusher = asyncio.get_running_loop().create_task(
             self._flush_loop(), name=f"mimo_rx:{self.name}:acks"
         )
@@ -152,23 +136,27 @@ class Ledger:
                 return
 
     async def _flush(self) -> None:
-        self._take_pending()
-        while self._sending_acks or self._sending_nacks:
-            acks, self._sending_acks = self._sending_acks, []
-            nacks, self._sending_nacks = self._sending_nacks, []
+        """Pass every queued token to the source; counted as passed when the call is made
+        (which is when the source waiting for the cap may fetch again)."""
+        while (self._acks or self._nacks) and self.error is None:
+            acks, self._acks = self._acks, []
+            nacks, self._nacks = self._nacks, []
+            self.acked += len(acks)
+            self.nacked += len(nacks)
+            room = self._room
+            if room is not None and not room.done():
+                room.set_result(None)
             try:
                 if acks:
                     await self.source.ack(acks)
                 if nacks:
                     await self.source.nack(nacks)
             except Exception as exc:
-                if self.error is None:
-                    self.error = exc
-                    if self.on_error is not None:
-                        self.on_error(exc)
-                return
+                self.error = exc
+                if self.on_error is not None:
+                    self.on_error(exc)
 
-    async def finish(self, flush: bool = True) -> None:
+    async def finish(self) -> None:
         """The run has ended: send every pending ack (the done ones, however the run
         ended), stop the flusher, then ``close()`` the source."""
         self._closing = True
@@ -183,8 +171,7 @@ class Ledger:
                     with contextlib.suppress(asyncio.CancelledError):
                         await flusher
                     raise
-            if flush and self.error is None:
-                await self._flush()
+            await self._flush()
         finally:
             self._finished = True
             if self.opened:
@@ -211,9 +198,10 @@ class _CapWait:
             f"the streams holding them: {ledger.describe_holders()}"
         )
 
-    def _ended_by(self) -> set[StepRuntime]:
-        """The steps whose moving may free a message: every tracked stream downstream."""
-        return {runtime for _, runtime in self.ledger.holders}
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        """The deadlock monitor's question: can a step outside ``stuck`` free a message?
+        Any tracked stream downstream that can move may."""
+        return not {runtime for _, runtime in self.ledger.holders} <= stuck
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ._errors import ClosedError, EndOfStream
 from ._ports import Held as _Held
 from ._ports import Input, Output
+from ._unawaited import recognise
 
 Tag = tuple["Ticket", ...] | None
 
-_DIRTY: Any = object()
 _EMPTY: tuple[Ticket, ...] = ()
 
 
@@ -90,33 +90,38 @@ def union(tickets: Iterable[Ticket]) -> Tag:
 
 class Holder:
     """What one stream holds: the last take of each of its inputs, its ``hold()`` handles
-    and what its plain-``def`` call took (``loose``)."""
+    and what its plain-``def`` call or Rx chain took (``loose``).
 
-    __slots__ = ("_tag", "handles", "inputs", "loose", "name")
+    ``single`` is the stream's only input while it holds nothing else: then a push derives
+    from that input's last take as it is (the hot path reads it directly).
+    """
+
+    __slots__ = ("_only", "handles", "inputs", "loose", "name", "single")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.inputs: list[TrackedInput] = []
         self.handles: list[Held] = []
         self.loose: list[Ticket] = []
-        self._tag: Tag = None
+        self.single: TrackedInput | None = None
+        self._only: TrackedInput | None = None  # the one input, if there is exactly one
+
+    def add_input(self, port: TrackedInput) -> None:
+        self.inputs.append(port)
+        self._only = port if len(self.inputs) == 1 else None
+        self.changed()
 
     def changed(self) -> None:
-        self._tag = _DIRTY
+        """Handles or loose tickets came or went: recompute ``single``."""
+        self.single = None if self.handles or self.loose else self._only
 
     def tag(self) -> Tag:
-        """The tickets a push derives from now."""
-        tag = self._tag
-        if tag is _DIRTY:
-            inputs = self.inputs
-            if len(inputs) == 1 and not self.handles and not self.loose:
-                held = inputs[0]._held
-                tag = held if len(held) <= 1 else union(held)
-                tag = tag or None
-            else:
-                tag = union(self._all())
-            self._tag = tag
-        return tag
+        """The tickets a push derives from now (a ticket may repeat: each occurrence is one
+        reference, taken and released alike)."""
+        single = self.single
+        if single is not None:
+            return single._held or None
+        return union(self._all())
 
     def _all(self) -> Iterator[Ticket]:
         for port in self.inputs:
@@ -134,13 +139,12 @@ class Holder:
         owns them and must :func:`decref` them)."""
         held: tuple[Ticket, ...] = port._held
         port._held = _EMPTY
-        self._tag = _DIRTY
         return held
 
     def release_loose(self) -> None:
         loose, self.loose = self.loose, []
         if loose:
-            self._tag = _DIRTY
+            self.changed()
             decref(loose)
 
     def release_all(self) -> None:
@@ -180,14 +184,15 @@ class Waiter:
     """The owner of the ticket of one ``inlet.send_and_wait(item)``: resolves ``future``
     once the item is done, with the Failures derived from it (contract section 12)."""
 
-    __slots__ = ("failures", "future")
+    __slots__ = ("failures", "future", "stopped")
 
-    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], stopped: Any) -> None:
         self.future = future
         self.failures: list[Any] = []
+        self.stopped = stopped  # true once the run failed or was cancelled: never done then
 
     def done(self, ticket: Ticket) -> None:
-        if not self.future.done():
+        if not self.future.done() and not self.stopped():
             self.future.set_result(self.failures)
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
@@ -202,33 +207,46 @@ class TrackedInput(Input[Any]):
     ``_tags`` and each take moves it into the stream's holder (see the module docstring)."""
 
     __slots__ = ()
+    _late = False  # see LateTrackedInput
 
     def _release_held(self) -> None:
         held = self._held
         if held:
             self._held = _EMPTY
-            self._holder.changed()
             decref(held)
 
     def _take_tag(self, tag: Tag) -> None:
-        if self._held:  # a take not preceded by a release (an iterator made before tracking)
-            self._release_held()
+        held = self._held
+        if held:  # a take not preceded by a release (an iterator made before tracking)
+            self._held = _EMPTY
+            decref(held)
         self._held = tag or _EMPTY
-        self._holder.changed()
 
     async def pop(self) -> Any:
-        self._release_held()
+        held = self._held
+        if held:  # asking for more releases the last take (decref, inlined)
+            self._held = _EMPTY
+            for ticket in held:
+                ticket.refs -= 1
+                if not ticket.refs:
+                    ticket.owner.done(ticket)
         items = self._items
         if not items:
             await self._wait_for_item("pop()")
         item = items.popleft()
-        self._take_tag(self._tags.popleft())
+        self._held = self._tags.popleft() or _EMPTY
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
 
     async def __anext__(self) -> Any:
-        self._release_held()
+        held = self._held
+        if held:
+            self._held = _EMPTY
+            for ticket in held:
+                ticket.refs -= 1
+                if not ticket.refs:
+                    ticket.owner.done(ticket)
         items = self._items
         if not items:
             try:
@@ -236,7 +254,7 @@ class TrackedInput(Input[Any]):
             except EndOfStream:
                 raise StopAsyncIteration from None
         item = items.popleft()
-        self._take_tag(self._tags.popleft())
+        self._held = self._tags.popleft() or _EMPTY
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
@@ -281,13 +299,18 @@ class TrackedInput(Input[Any]):
         tag = self._tags.popleft()
         if tag:
             self._holder.loose.extend(tag)
-            self._holder.changed()
+            self._holder.single = None
         return item
 
     def hold(self) -> Held:
         return Held(self._holder, self._held)
 
+    def _adopt_orphan(self) -> Tag:
+        """The tag of an item untracked code took (see ``_release_held``), if any."""
+        return self._tags.popleft() if len(self._tags) > len(self._items) else None
+
     def _deliver_tagged(self, item: Any, tag: Tag) -> None:
+        """Buffer ``item`` with ``tag`` (TrackedOutput's push inlines this: keep in step)."""
         if self._finished:
             self._items.append(item)  # the discard sink counts it
             return
@@ -333,14 +356,55 @@ class TrackedInput(Input[Any]):
             Input._offer(self, item, policy, source)  # "error": raises
 
     def _release_buffered(self) -> None:
-        tags = list(self._tags)
-        self._tags.clear()
-        decref(t for tag in tags if tag for t in tag)
+        """Let go of every buffered item (they stay buffered, untracked: an outlet's)."""
+        tags = self._tags
+        if len(tags) > len(self._items):  # taken by untracked code: held, not buffered
+            orphan = tags.popleft()
+            if orphan:
+                self._held = (*self._held, *orphan)
+        if any(tags):
+            self._tags = deque([None] * len(tags))
+            decref(t for tag in tags if tag for t in tag)
 
     def _finish(self) -> None:
         if not self._finished:
             self._release_buffered()
+            self._tags.clear()
         Input._finish(self)
+
+
+class LateTrackedInput(TrackedInput):
+    """An input switched to tracking while its run was going (an inlet's first
+    ``send_and_wait``): code that was already waiting in the untracked ``pop`` (or push) may
+    still take (or deliver) one item without its tag. Every take and delivery here puts the
+    tags back in line first: an extra oldest tag is the item such code took (held until the
+    stream asks again); a missing one is an untracked item such code delivered."""
+
+    __slots__ = ()
+    _late = True
+
+    def _realign(self) -> None:
+        tags, items = self._tags, self._items
+        if len(tags) > len(items):
+            self._take_tag(tags.popleft())
+
+    async def pop(self) -> Any:
+        self._realign()
+        return await TrackedInput.pop(self)
+
+    async def __anext__(self) -> Any:
+        self._realign()
+        return await TrackedInput.__anext__(self)
+
+    def _release_held(self) -> None:
+        self._realign()
+        TrackedInput._release_held(self)
+
+    def _deliver_tagged(self, item: Any, tag: Tag) -> None:
+        missing = len(self._items) - len(self._tags)
+        if missing > 0 and not self._finished:
+            self._tags.extend([None] * missing)
+        TrackedInput._deliver_tagged(self, item, tag)
 
 
 class _TrackedBatches:
@@ -385,19 +449,85 @@ class TrackedOutput(Output[Any]):
     def _use_plain_push(self) -> None:
         pass
 
+    _tfast: TrackedInput | None = None  # push's fast path: see _refresh_fast_path
+
     def _refresh_fast_path(self) -> None:
-        self._fast_target = None  # Output.push's fast path (and an inlet's) carries no tag
+        # Output.push's fast path (and an inlet's send) carries no tag: never used here.
+        self._fast_target = None
+        # Ours, on the same terms: one blocking input, no lossy one, no Rx subscriber, open.
+        fast = len(self.targets) == 1 and not self.closed and not self.observers
+        target: Any = self.targets[0] if fast and not self._lossy else None
+        late = getattr(target, "_late", True)  # an input not tracked yet: not fast (yet)
+        self._tfast = None if target is None or target._finished or late else target
+
+    def _subscribe_core(self, observer: Any, scheduler: Any = None) -> Any:
+        self._tfast = None  # every push must now reach the Rx subscriber too
+        return super()._subscribe_core(observer, scheduler)
+
+    def close(self) -> None:
+        self._tfast = None
+        super().close()
+
+    def _fail(self, error: Exception) -> None:
+        self._tfast = None
+        super()._fail(error)
 
     def _current_tag(self) -> Tag:
         holder = self._holder
         return None if holder is None else holder.tag()
 
     async def push(self, item: Any) -> bool:
-        return await self._push_tag(item, self._current_tag())
+        # The hot path of a tracked graph: _push_tag with the tag read from the holder
+        # (its single input's last take, as it is), inlined.
+        holder = self._holder
+        if holder is None:
+            tag: Tag = None
+        else:
+            single = holder.single
+            tag = (single._held or None) if single is not None else holder.tag()
+        fast = self._tfast
+        if fast is not None:  # one input, below its peak so far: nothing else to check
+            buffered = fast._items
+            if len(buffered) < fast._mark:
+                buffered.append(item)
+                fast._tags.append(tag)
+                if tag:
+                    for ticket in tag:
+                        ticket.refs += 1
+                self.pushed += 1
+                if fast._getter is not None:
+                    fast._wake_getter()
+                return True
+        if self._lossy or self.closed:
+            return await self._push_tag(item, tag)
+        targets = self.targets
+        for target in targets:
+            if len(target._items) >= target.threshold:
+                await self._wait_for_room()
+                break
+        self.pushed += 1
+        for target in targets:  # TrackedInput._deliver_tagged, inlined
+            if target._finished or target._late:  # type: ignore[attr-defined]
+                target._deliver_tagged(item, tag)  # type: ignore[attr-defined]
+                continue
+            items = target._items
+            items.append(item)
+            target._tags.append(tag)
+            if tag:
+                for ticket in tag:
+                    ticket.refs += 1
+            if len(items) > target.peak:
+                target._note_peak(len(items))
+            if target._getter is not None:
+                target._wake_getter()
+        if self.observers:
+            self._notify(item)
+        return True
 
     async def _push_tag(self, item: Any, tag: Tag) -> bool:
         """Push ``item`` as deriving from ``tag`` (which the caller keeps its own
-        references to): the internal entry of map_stream's jobs and operator stages."""
+        references to): the internal entry of map_stream's jobs, operator stages and the
+        acknowledged source."""
         if self._lossy:
             self._since_yield += 1
             if self._since_yield > self._lossy[0][0].threshold:
@@ -411,6 +541,60 @@ class TrackedOutput(Output[Any]):
                 break
         self._deliver_all_tagged(item, tag)
         return True
+
+    async def _push_fetched(self, pairs: Sequence[tuple[Any, Any]], owner: Owner) -> None:
+        """Push fetched ``(token, item)`` pairs, each with a new ticket owned by ``owner``,
+        in chunks as large as every blocking input has room for (as ``push_many`` does):
+        an acknowledged source's hot path. A cancelled call has delivered a prefix."""
+        position = 0
+        total = len(pairs)
+        while position < total:
+            if self.closed:
+                raise ClosedError(self.stream_name, self.name)
+            targets = self.targets
+            room = self._room() if targets else total - position
+            if room <= 0:
+                await self._wait_for_room("push()")
+                continue
+            if self._lossy:
+                room = 1  # lossy inputs: one by one, yielding as _push_tag does
+            chunk = pairs[position : position + room]
+            position += len(chunk)
+            tickets = [Ticket(owner, token) for token, _ in chunk]
+            items = [item for _, item in chunk]
+            tags = [(ticket,) for ticket in tickets]
+            copies = 0
+            for target in targets:
+                if target._finished:
+                    target._items.extend(items)  # the discard sink counts them
+                elif target._late:  # type: ignore[attr-defined]
+                    for item, tag in zip(items, tags, strict=True):
+                        target._deliver_tagged(item, tag)  # type: ignore[attr-defined]
+                else:
+                    target._items.extend(items)
+                    target._tags.extend(tags)
+                    target._arrived()
+                    copies += 1
+            self.pushed += len(items)
+            for ticket in tickets:
+                ticket.refs += copies  # plus the creator's own, released below
+            if self._lossy:
+                source = "pipe:" + self.stream_name
+                for target, policy in self._lossy:
+                    target._offer_tagged(items[0], tags[0], policy, source)  # type: ignore[attr-defined]
+                if self._lossy_due():
+                    await asyncio.sleep(0)  # lossy inputs never pause us: let others run
+            if self.observers:
+                for item in items:
+                    self._notify(item)
+            decref(tickets)
+
+    def _lossy_due(self) -> bool:
+        self._since_yield += 1
+        if self._since_yield > self._lossy[0][0].threshold:
+            self._since_yield = 0
+            return True
+        return False
 
     def _deliver_all_tagged(self, item: Any, tag: Tag) -> None:
         self.pushed += 1
@@ -451,7 +635,7 @@ class TrackedOutput(Output[Any]):
 
 # -- wiring -----------------------------------------------------------------------------------
 
-_classes: dict[type, type] = {}
+_classes: dict[tuple[type, type], type] = {}
 
 
 def _tracked_class(cls: type, mixin: type) -> type:
@@ -460,23 +644,24 @@ def _tracked_class(cls: type, mixin: type) -> type:
         return cls
     if cls is Input or cls is Output:
         return mixin
-    made = _classes.get(cls)
+    made = _classes.get((cls, mixin))
     if made is None:
         namespace: dict[str, Any] = {"__slots__": ()} if hasattr(cls, "__slots__") else {}
-        made = _classes[cls] = type("Tracked" + cls.__name__, (mixin, cls), namespace)
+        made = type(mixin.__name__ + "_" + cls.__name__, (mixin, cls), namespace)
+        _classes[(cls, mixin)] = made
     return made
 
 
-def track_input(port: Input[Any], holder: Holder) -> None:
-    """Switch ``port`` (before its first item arrives, or with untracked items buffered,
-    which get ``None`` tags) to the tracked variant."""
+def track_input(port: Input[Any], holder: Holder, late: bool = False) -> None:
+    """Switch ``port`` to the tracked variant: before the run (``late`` false), or while it
+    runs, with untracked items buffered, which get ``None`` tags."""
     if isinstance(port, TrackedInput):
         return
-    port.__class__ = _tracked_class(type(port), TrackedInput)
+    port.__class__ = _tracked_class(type(port), LateTrackedInput if late else TrackedInput)
     port._tags = deque([None] * len(port._items))
     port._held = _EMPTY
     port._holder = holder
-    holder.inputs.append(port)  # type: ignore[arg-type]
+    holder.add_input(port)  # type: ignore[arg-type]
 
 
 def track_output(port: Output[Any], holder: Holder | None) -> None:
@@ -488,4 +673,9 @@ def track_output(port: Output[Any], holder: Holder | None) -> None:
         port.__dict__.pop(name, None)
     port.__class__ = _tracked_class(type(port), TrackedOutput)
     port._holder = holder  # type: ignore[attr-defined]
-    port._fast_target = None
+    port._refresh_fast_path()
+
+
+# A tracked push or push_many called without await fails the run too (see _unawaited).
+recognise("push", TrackedOutput.push)
+recognise("push_many", TrackedOutput.push_many)

@@ -59,9 +59,19 @@ if TYPE_CHECKING:
 
 
 class WaitSite(Protocol):
-    """What a parked wait is waiting on: it can say so in a deadlock report."""
+    """What a parked wait is waiting on (a port, or several inputs waited on together).
 
-    def _describe_wait(self) -> str: ...
+    The ports implement it, so this module never needs to know their classes: imports flow
+    one way, from the ports to the monitor.
+    """
+
+    def _describe_wait(self) -> str:
+        """The wait, for a deadlock report."""
+        ...
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        """Can a step outside ``stuck`` end a wait here (or will it end by itself)?"""
+        ...
 
 
 # (what, port, future): a wait in progress, e.g. ("pop()", an Input, the future it awaits).
@@ -274,25 +284,7 @@ def _describe(step_name: str, wait: Wait) -> str:
 
 def _can_end(wait: Wait, candidates: set[StepRuntime]) -> bool:
     """Can a step outside ``candidates`` end ``wait`` (or will it end by itself)?"""
-    from ._ports import AnyInput, Input, Output
-
-    site = wait[1]
-    if isinstance(site, Output):
-        # A push waits until every full input has room: each full input's consumer must move.
-        consumers = {t._rt for t in site.targets if not t._has_room() and not t._finished}
-        return not consumers or consumers.isdisjoint(candidates)
-    if isinstance(site, Input):
-        inputs = [site]
-    elif isinstance(site, AnyInput):
-        inputs = site.inputs
-    else:
-        # A wait that names the steps whose moving can end it (an acknowledged source at
-        # its max_in_flight); any other wait this analysis does not know can end.
-        ended_by = getattr(site, "_ended_by", None)
-        return ended_by is None or not ended_by() <= candidates
-    # An empty input gets an item (or its end) from any feeder that can move.
-    feeders = {out._rt for inp in inputs for out in inp._upstreams if not out.closed}
-    return not feeders or not feeders <= candidates
+    return wait[1]._wait_can_end(candidates)
 
 
 def deadlocked(candidates: list[StepRuntime]) -> list[StepRuntime]:
@@ -421,6 +413,11 @@ class Monitor:
     def add(self, runtime: StepRuntime) -> None:
         runtime.monitor = self
         runtime.loop = asyncio.get_running_loop()
+        # A virtual-time loop (mimo_rx.testing) asks for the verdict the moment nothing can
+        # ever run again, instead of waiting for our timers.
+        monitors = getattr(runtime.loop, "mimo_monitors", None)
+        if monitors is not None:
+            monitors.add(self)
         self.runtimes.append(runtime)
         self.live += 1
         if runtime.external:
@@ -462,6 +459,21 @@ class Monitor:
         if self._suspect is not None:
             self._suspect.cancel()
             self._suspect = None
+
+    def settle(self) -> bool:
+        """Give the verdict now, without the grace period: the loop (virtual time) knows that
+        nothing but our own timers can ever run again. Returns whether a deadlock was reported.
+        """
+        if self._closed:
+            return False
+        steps = self._analyse()
+        if not steps or earliest_timeout([task for rt in steps for task in rt.tasks()]):
+            return False
+        if self._suspect is not None:
+            self._suspect.cancel()
+            self._suspect = None
+        self.on_deadlock([line for rt in steps for line in rt.describe_waits()])
+        return True
 
     def _live(self) -> list[StepRuntime]:
         return [rt for rt in self.runtimes if rt.task is not None and not rt.task.done()]

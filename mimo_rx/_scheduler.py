@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from reactivex import abc as rx_abc
 from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.internal.basic import default_now
 from reactivex.scheduler import CurrentThreadScheduler
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
@@ -30,6 +32,14 @@ class LoopScheduler(AsyncIOThreadSafeScheduler):
         super().__init__(loop)
         self.runtime = runtime
         self._lock = threading.Lock()
+        # ``now`` moves with the loop's clock (a virtual one under mimo_rx.testing), so the
+        # operators that read the time agree with those that wait on the loop.
+        self._epoch = default_now()
+        self._t0 = loop.time()
+
+    @property
+    def now(self) -> datetime:
+        return self._epoch + timedelta(seconds=self._loop.time() - self._t0)
 
     def _track(self) -> Callable[[], None]:
         with self._lock:

@@ -48,8 +48,9 @@ from ._errors import (
 from ._handoff import Handoff, on_loop_thread
 from ._lineage import Ticket, TrackedOutput, Waiter, decref
 from ._ports import Input, Output
+from ._step import Step
 from ._stream import Ports, Stream
-from ._workflow import Step
+from ._unawaited import recognise
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -77,6 +78,7 @@ class InletStream(Stream):
         self._handoff: Handoff | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[list[Any]]] = set()  # send_and_wait calls pending
+        self._frozen = False  # the run failed or was cancelled: no send_and_wait is done
 
     # -- run-time hooks (on the loop) --
 
@@ -109,6 +111,9 @@ class InletStream(Stream):
 
     def _stop_source(self, cancel: Callable[[], None]) -> None:
         self.close()
+
+    def _freeze_lineage(self) -> None:
+        self._frozen = True
 
     @property
     def _step_name(self) -> str:
@@ -192,7 +197,7 @@ class InletStream(Stream):
             track()
         assert isinstance(out, TrackedOutput)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(Waiter(future), None)
+        ticket = Ticket(Waiter(future, lambda: self._frozen), None)
         self._waiters.add(future)
         try:
             self._in_flight += 1
@@ -241,7 +246,7 @@ class InletStream(Stream):
             return
         if self._closed or self._ended:
             raise self._refuse("send_threadsafe()")
-        if (self._loop is not None and on_loop_thread(self._loop)) or self._blocks_own_loop():
+        if self._loop is not None and on_loop_thread(self._loop):
             raise WorkflowError(
                 f"inlet {self._step_name!r}: send_threadsafe() was called from the thread of the "
                 "run's own event loop, which it would block; use 'await inlet.send(item)' there"
@@ -251,7 +256,7 @@ class InletStream(Stream):
         ):
             raise TimeoutError(
                 f"inlet {self._step_name!r}: the run did not start within {timeout} s; "
-                "nothing was sent"
+                f"nothing was sent{self._own_loop_hint()}"
             )
         handoff = self._handoff
         assert handoff is not None
@@ -270,16 +275,19 @@ class InletStream(Stream):
         if not accepted:
             raise self._refuse("send_threadsafe()")
 
-    def _blocks_own_loop(self) -> bool:
-        """Before the run: waiting in a thread that runs an event loop would block that loop
-        (most likely the one the run is about to start on)."""
-        if self._started.is_set():
-            return False
+    @staticmethod
+    def _own_loop_hint() -> str:
+        """Before the run, the thread that waited may run the very loop the run was to start
+        on (which the wait blocked): say so. Which loop a run will use is not known before it
+        starts, so such a call waits, as from any other thread (contract section 10)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return False
-        return True
+            return ""
+        return (
+            " (this thread runs an event loop: if the run was to start on it, the wait blocked "
+            "it; use 'await inlet.send(item)' on the run's own loop)"
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -349,7 +357,7 @@ class Inlet(Step):
         def track() -> None:
             run = self.workflow._run
             if run is not None:
-                run.track([self.stream])
+                run.track([self.stream], late=True)
 
         await self.stream.send_and_wait(item, track)
 
@@ -388,6 +396,9 @@ class Inlet(Step):
 
 
 # -- outlets -----------------------------------------------------------------------------------
+
+
+recognise("send", InletStream.send, Inlet.send)  # a send without await fails the run
 
 
 class _OutletInput(Input[Any]):

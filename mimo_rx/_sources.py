@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, cast
@@ -34,8 +33,9 @@ from ._acksources import (
     AckSourceStream,
     check_ack_options,
 )
+from ._batches import IterChunks
 from ._errors import ConfigError
-from ._handoff import Handoff
+from ._handoff import Handoff, thread_work
 from ._ports import POLICIES, Output
 from ._signals import block_signals_in_this_thread
 from ._stream import Ports, Stream
@@ -103,11 +103,12 @@ class IterableSource(Stream):
     async def run(self, ins: Ports, outs: Ports) -> None:
         out: Output[Any] = outs.out
         iterator = iter(self.iterable)
+        chunks = IterChunks(iterator)  # an error partway: what was pulled before is pushed
         try:
             # Stop pulling once every consumer has finished, or workflow.stop() was called.
             while not out.abandoned and not self._stopping:
                 # Pull only what the downstream buffers have room for right now: never ahead.
-                batch = list(itertools.islice(iterator, max(out._room(), 1)))
+                batch = chunks.take(max(out._room(), 1))
                 if not batch:
                     return
                 await out.push_many(batch)
@@ -235,6 +236,9 @@ class ObservableSource(Stream):
             finally:
                 observer.cold_thread = None
                 handoff.subscribe_returned()
+                finished()
+
+        finished = thread_work(handoff.loop)
 
         self._thread = threading.Thread(
             target=subscribe, name=f"mimo_rx source {self.name}", daemon=True

@@ -21,7 +21,7 @@ import keyword
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from ._errors import ClosedError, ConfigError
+from ._errors import ClosedError, ConfigError, safe_repr
 from ._ports import AnyInput, Input, Output, check_buffer_size
 from ._supervision import (
     ERRORS,
@@ -227,6 +227,10 @@ class Stream:
     def _on_start(self) -> None:
         """Hook run synchronously when ``start()`` begins, before any stream task runs."""
 
+    def _freeze_lineage(self) -> None:
+        """The run fails or is cancelled: from now on nothing this step owns is done
+        (an inlet's send_and_wait calls raise what the run raises instead)."""
+
     def _extra_stats(self) -> dict[str, Any]:
         """Entries this kind of step adds to its ``stats()`` (an acknowledged source's
         ``"delivery"``)."""
@@ -299,7 +303,7 @@ class FusedStageError(Exception):
     """Carries the error of a stream that ran fused into another one, naming the right step."""
 
     def __init__(self, step_name: str, original: Exception) -> None:
-        super().__init__(repr(original))
+        super().__init__(safe_repr(original))
         self.step_name = step_name
         self.original = original
 
@@ -308,7 +312,7 @@ class UserStopIteration(Exception):
     """Carries a ``StopIteration`` raised by a step function out of the driving coroutine."""
 
     def __init__(self, original: StopIteration) -> None:
-        super().__init__(repr(original))
+        super().__init__(safe_repr(original))
         self.original = original
 
 
@@ -432,6 +436,10 @@ async def drive_step_function(
     * ``resume`` (``on_error="resume"``): a call that raises after taking an item is a
       failure reported on ``errors``; what it pushed is delivered and it is called again.
       A call that raises without taking anything fails the run.
+    * ``workflow.stop()`` on a stream without inputs: it is not called again, and what its
+      ``push`` accepted is delivered first. Cancelling it in the middle of that delivery
+      would lose items ``push`` had accepted, which ``stop()`` must deliver, so it is
+      cancelled only while it waits with nothing staged.
     """
     inputs = list(stream._inputs.values())
     outputs = [stream._outputs[name] for name in stream.outs]
@@ -446,52 +454,72 @@ async def drive_step_function(
     def arrivals() -> int:
         return sum(p.received for p in inputs) + sum(p._closed for p in inputs)
 
-    while True:
-        closed_before = all(p._closed for p in inputs)
-        taken_before = sum(p.taken for p in inputs)
-        try:
-            again = step(ins, outs)
-        except Exception as exc:
-            if not resume or sum(p.taken for p in inputs) == taken_before:
-                if isinstance(exc, StopIteration):  # would become RuntimeError in here
-                    raise UserStopIteration(exc) from exc
-                raise
-            for view in outs_views:  # what it pushed before raising is delivered
-                await view._flush()
-            failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
-            await report_failure(stream, failure)
-            if stream._holder is not None:  # the Failure derives from what it took
-                stream._holder.release_loose()
-            continue
-        if inspect.isawaitable(again):
-            if inspect.iscoroutine(again):
-                again.close()  # never awaited: no "coroutine was never awaited" warning
-            raise ConfigError(
-                f"the plain function of stream {stream.name!r} returned an awaitable; a plain "
-                "def is called as a mimo 1.0 step function with synchronous ports. Write the "
-                "function as 'async def' (a lambda cannot be async) to use await in it"
-            )
-        seen = arrivals()
-        for view in outs_views:
-            await view._flush()
-        holder = stream._holder
-        if holder is not None:  # once per call: a plain def releases what it took
-            holder.release_loose()
-        if again:
-            for out in outputs:
-                await out._wait_for_room()
-            await asyncio.sleep(0)  # there was room at once: still let the others run
-            continue
-        if not inputs:
-            return
-        if closed_before:  # this call saw every input closed
-            if not any(p._items for p in inputs):
+    stopping = False  # workflow.stop() asked this source to stop
+    idle = False  # waiting with nothing staged: cancelling it loses nothing
+
+    def stop_source(cancel: Callable[[], None]) -> None:
+        nonlocal stopping
+        stopping = True
+        if idle:
+            cancel()
+
+    if not inputs:  # workflow.stop() asks this instance, during this run only
+        stream._stop_source = stop_source  # type: ignore[method-assign]
+    try:
+        while True:
+            closed_before = all(p._closed for p in inputs)
+            taken_before = sum(p.taken for p in inputs)
+            if stopping:
                 return
-            if sum(p.taken for p in inputs) == taken_before:
-                return  # it will not take the rest; the workflow counts it as discarded
-            continue
-        if arrivals() == seen:
-            await _wait_for_arrival(inputs, stream)
+            try:
+                again = step(ins, outs)
+            except Exception as exc:
+                if not resume or sum(p.taken for p in inputs) == taken_before:
+                    if isinstance(exc, StopIteration):  # would become RuntimeError in here
+                        raise UserStopIteration(exc) from exc
+                    raise
+                for view in outs_views:  # what it pushed before raising is delivered
+                    await view._flush()
+                failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
+                await report_failure(stream, failure)
+                if stream._holder is not None:  # the Failure derives from what it took
+                    stream._holder.release_loose()
+                continue
+            if inspect.isawaitable(again):
+                if inspect.iscoroutine(again):
+                    again.close()  # never awaited: no "coroutine was never awaited" warning
+                raise ConfigError(
+                    f"the plain function of stream {stream.name!r} returned an awaitable; a plain "
+                    "def is called as a mimo 1.0 step function with synchronous ports. Write the "
+                    "function as 'async def' (a lambda cannot be async) to use await in it"
+                )
+            seen = arrivals()
+            for view in outs_views:
+                await view._flush()
+            holder = stream._holder
+            if holder is not None:  # once per call: a plain def releases what it took
+                holder.release_loose()
+            if not inputs and (stopping or not again):
+                return  # what it pushed is delivered
+            if again:
+                idle = True
+                try:
+                    for out in outputs:
+                        await out._wait_for_room()
+                    await asyncio.sleep(0)  # there was room at once: still let the others run
+                finally:
+                    idle = False
+                continue
+            if closed_before:  # this call saw every input closed
+                if not any(p._items for p in inputs):
+                    return
+                if sum(p.taken for p in inputs) == taken_before:
+                    return  # it will not take the rest; the workflow counts it as discarded
+                continue
+            if arrivals() == seen:
+                await _wait_for_arrival(inputs, stream)
+    finally:
+        stream.__dict__.pop("_stop_source", None)
 
 
 async def _wait_for_arrival(inputs: list[Input[Any]], stream: Stream) -> None:

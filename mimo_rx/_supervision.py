@@ -30,7 +30,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, EndOfStream
+from ._errors import BufferOverflowError, ConfigError, EndOfStream, safe_repr
+from ._handoff import thread_work
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
@@ -112,7 +113,7 @@ async def report_failure(stream: Stream, failure: Failure, tag: Any = _HELD) -> 
     errors: Output[Any] = stream._outputs[ERRORS]
     events = errors._rt.events
     if events is not None:
-        events({"event": "failure", "stream": failure.stream, "error": repr(failure.error)})
+        events({"event": "failure", "stream": failure.stream, "error": safe_repr(failure.error)})
     taken = bool(errors.targets or errors._lossy)
     if stream._holder is not None:
         if tag is _HELD:
@@ -239,7 +240,10 @@ async def run_resuming(
 
     ``ins`` are the body's recording input views (:class:`TrackedInput`) writing to
     ``tracker``. A body that raises before taking any item since it was last called fails
-    the run: it would only fail again.
+    the run: it would only fail again. So does a ``BufferOverflowError``: a pipe's
+    ``policy="error"`` raises it inside the body's ``push``, but it is the graph's verdict,
+    not the stream's code failing, and resuming covers only the latter (as for the other
+    kinds of stream, whose pushes are outside the user's code).
     """
     while True:
         tracker.taken = 0
@@ -247,7 +251,7 @@ async def run_resuming(
             await body(ins, outs)
             return
         except Exception as exc:
-            if not tracker.taken:
+            if not tracker.taken or isinstance(exc, BufferOverflowError):
                 raise
             await report_failure(
                 stream, Failure(step_name(stream), exc, tracker.item, tracker.port)
@@ -307,10 +311,12 @@ async def await_thread_future(future: concurrent.futures.Future[Any], seconds: f
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    finished = thread_work(loop)
 
     def on_done(_: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
             loop.call_soon_threadsafe(_resolve, done)
+        finished()
 
     future.add_done_callback(on_done)
     try:

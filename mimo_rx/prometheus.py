@@ -15,7 +15,10 @@ meant): counters ``mimo_rx_input_received``, ``mimo_rx_input_taken``,
 ``mimo_rx_input_dropped``, ``mimo_rx_input_discarded``, ``mimo_rx_input_paused_seconds``,
 ``mimo_rx_output_pushed``, ``mimo_rx_stream_failures`` (exposed as ``..._total``); gauges
 ``mimo_rx_input_buffered``, ``mimo_rx_input_threshold`` and ``mimo_rx_stream_status``
-(label ``status``: 1 for the stream's current status, 0 for the other four).
+(label ``status``: 1 for the stream's current status, 0 for the other four). An acknowledged
+source (contract section 12) adds the counters ``mimo_rx_source_acked``,
+``mimo_rx_source_nacked`` and the gauge ``mimo_rx_source_in_flight`` (labels ``workflow`` and
+``stream``).
 
 Several workflows in one registry: an exposition may name each family once (a second
 ``# HELP``/``# TYPE`` for the same name is rejected by Prometheus), so the collectors of one
@@ -184,10 +187,31 @@ def _families(members: Iterable[WorkflowCollector]) -> list[Metric]:
         "1 for the stream's current status, 0 for the others.",
         labels=("workflow", "stream", "status"),
     )
+    # Acknowledged sources (contract section 12): from their "delivery" stats.
+    acked = CounterMetricFamily(
+        "mimo_rx_source_acked",
+        "Messages of an acknowledged source passed to its ack().",
+        labels=("workflow", "stream"),
+    )
+    nacked = CounterMetricFamily(
+        "mimo_rx_source_nacked",
+        "Messages of an acknowledged source passed to its nack().",
+        labels=("workflow", "stream"),
+    )
+    in_flight = GaugeMetricFamily(
+        "mimo_rx_source_in_flight",
+        "Messages of an acknowledged source fetched and not yet acked or nacked.",
+        labels=("workflow", "stream"),
+    )
     for member in members:
         streams: dict[str, Any] = member.workflow.stats()["streams"]
         for stream, s in streams.items():
             failures.add_metric([member.name, stream], s["failures"])
+            delivery = s.get("delivery")
+            if delivery is not None:
+                acked.add_metric([member.name, stream], delivery["acked"])
+                nacked.add_metric([member.name, stream], delivery["nacked"])
+                in_flight.add_metric([member.name, stream], delivery["in_flight"])
             for value in STATUSES:
                 status.add_metric(
                     [member.name, stream, value], 1.0 if s["status"] == value else 0.0
@@ -200,4 +224,13 @@ def _families(members: Iterable[WorkflowCollector]) -> list[Metric]:
                     gauge.add_metric(labels, p[key])
             for port, p in s["outputs"].items():
                 pushed.add_metric([member.name, stream, port], p["pushed"])
-    return [*counters.values(), pushed, failures, *gauges.values(), status]
+    return [
+        *counters.values(),
+        pushed,
+        failures,
+        acked,
+        nacked,
+        *gauges.values(),
+        status,
+        in_flight,
+    ]

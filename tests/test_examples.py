@@ -67,6 +67,7 @@ def test_every_example_has_a_test() -> None:
         "metrics_endpoint",
         "dead_letters",
         "orders_from_redis",
+        "resumable_job",
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
 
@@ -155,3 +156,22 @@ def test_orders_from_redis_accounts_for_every_order_when_a_worker_is_killed() ->
     assert (done + failed, missing, pending) == (3000, 0, 0), result.stdout
     assert failed == 60  # every 50th order is malformed: each reaches the failed stream once
     assert "one killed with SIGKILL" in result.stdout
+
+
+def test_resumable_job_prices_every_order_then_a_rerun_finds_nothing_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = load("resumable_job")
+    argv = ["--workdir", str(tmp_path), "--lines", "500"]
+    report = job.main(argv)
+    assert report["processed"] == 500 and report["finished"]
+    assert report["resumed_at_line"] == 1
+    assert "resumed at the first line (byte 0)" in capsys.readouterr().out
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert [int(row.split(",")[0]) for row in rows] == list(range(500))
+    assert rows[3] == f"00000003,{(3 * 7 % 13 + 1) * (3 * 7919 % 99_991)}"
+
+    again = job.main(argv)
+    assert again["processed"] == 0 and again["finished"]
+    assert "nothing left to do" in capsys.readouterr().out
+    assert job.main([*argv, "--fresh"])["processed"] == 500

@@ -35,6 +35,10 @@ FAMILIES = {
     "mimo_rx_stream_failures": "counter",
     **{name: "gauge" for name in INPUT_GAUGES},
     "mimo_rx_stream_status": "gauge",
+    # acknowledged sources (contract section 12); no sample unless the workflow has one
+    "mimo_rx_source_acked": "counter",
+    "mimo_rx_source_nacked": "counter",
+    "mimo_rx_source_in_flight": "gauge",
 }
 
 

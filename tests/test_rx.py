@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import queue
-import selectors
 import signal
 import threading
 import time
@@ -51,6 +50,7 @@ from mimo_rx import (
     operator,
     rx_stream,
 )
+from mimo_rx.testing._clock import VirtualLoop
 
 POLICIES = ["buffer", "drop_newest", "drop_oldest", "latest"]
 
@@ -184,38 +184,14 @@ def cause_of(error: BaseException) -> BaseException:
     return error.__cause__ if isinstance(error, StreamError) and error.__cause__ else error
 
 
-# A virtual-time event loop: when nothing is ready it jumps its clock to the next timer instead
-# of sleeping, so Rx time operators scheduled on the workflow's loop run deterministically and
-# instantly. Only usable with sources that do not involve threads.
-
-
-class _VirtualClockSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
-    loop: VirtualTimeLoop
-
-    def select(self, timeout: float | None = None) -> Any:
-        ready = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:  # no timer at all: only real I/O can wake us
-            return super().select(None)
-        self.loop.now += timeout
-        return []
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        selector = _VirtualClockSelector()
-        super().__init__(selector)
-        selector.loop = self
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
+# mimo_rx.testing's virtual-time loop: when nothing is ready it jumps its clock to the next
+# timer instead of sleeping, so Rx time operators scheduled on the workflow's loop run
+# deterministically and instantly. run_checked's leak checks still apply.
 
 
 class _VirtualTimePolicy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return VirtualTimeLoop()
+        return VirtualLoop()
 
 
 def run_virtual(workflow_or_coro: Any, timeout: float = 60, **kwargs: Any) -> Any:
@@ -1526,9 +1502,8 @@ def test_sample_emits_the_latest_item_at_each_tick():
     wf, _ = pipeline(timed_items(schedule, tail=0.25), operator(ops.sample(0.1)), sink=sink)
     run_virtual(wf)
     assert [item for _, item in sink.items] == [3, 6, 9]
-    # interval() corrects its period against the wall clock, so allow a few ms of drift.
-    ticks = [pytest.approx(t, abs=0.01) for t in (0.1, 0.2, 0.3)]
-    assert [t for t, _ in sink.items] == ticks
+    # interval() corrects its period against the scheduler's clock: the loop's, so exact.
+    assert [t for t, _ in sink.items] == [0.1, 0.2, 0.3]
 
 
 def test_buffer_with_time_groups_the_items_of_each_window():
@@ -1547,15 +1522,13 @@ def test_buffer_with_time_groups_the_items_of_each_window():
     ]
 
 
-def test_delay_holds_every_item_back_at_least_the_delay_and_keeps_order():
-    # Real time (delay reads the wall clock): only lower bounds, with a margin for clock skew.
+def test_delay_holds_every_item_back_by_the_delay_and_keeps_order():
+    # The workflow's scheduler reads the loop's clock, so in virtual time the delay is exact.
+    schedule = [(0.0, 0), (0.01, 1), (0.02, 2)]
     sink = TimedCollector()
-    wf, _ = pipeline(range(5), operator(ops.delay(0.05)), sink=sink)
-    started = time.monotonic()
-    run_checked(wf)
-    assert [item for _, item in sink.items] == [0, 1, 2, 3, 4]
-    assert all(t >= 0.04 for t, _ in sink.items), sink.items
-    assert time.monotonic() - started >= 0.04
+    wf, _ = pipeline(timed_items(schedule), operator(ops.delay(0.05)), sink=sink)
+    run_virtual(wf)
+    assert sink.items == [(0.05, 0), (0.06, 1), (0.08, 2)]
 
 
 class Pinger(Stream):

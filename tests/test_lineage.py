@@ -1,0 +1,879 @@
+"""Acknowledged sources and lineage (contract section 12), through the public API.
+
+The property test builds random DAGs fed by an in-test AckSource and keeps its own account
+(the oracle) of every live copy of every message: pushed copies waiting in buffers, items a
+stream took and has not released by the hold rule, ``hold()`` handles. Every test stream
+updates that account *before* the engine can act (it counts a push before awaiting it and a
+release before asking for the next item), so an ack that comes while the oracle still counts a
+live copy is an ack that came too early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import pytest
+import reactivex.operators as ops
+from harness import run_checked
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mimo_rx
+from mimo_rx import (
+    AckSource,
+    ConfigError,
+    DeadlockError,
+    Failure,
+    ItemFailed,
+    Stream,
+    StreamError,
+    Workflow,
+    map_stream,
+    operator,
+)
+
+
+class Recorder:
+    """An in-memory AckSource that records every call (and can check each ack)."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        batch: int | None = None,
+        check: Any = None,
+        end: bool = True,
+    ) -> None:
+        self.count = count
+        self.next = 0
+        self.batch = batch
+        self.check = check  # called with the acked tokens before they are recorded
+        self.end = end
+        self.calls: list[Any] = []
+        self.acked: list[Hashable] = []
+        self.nacked: list[Hashable] = []
+        self.fetch_sizes: list[int] = []
+        self.max_unacked = 0
+        self.fetching = False
+
+    def item(self, token: int) -> Any:
+        return token
+
+    async def open(self) -> None:
+        self.calls.append("open")
+
+    async def fetch(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        assert max_items >= 1
+        self.fetch_sizes.append(max_items)
+        if self.next >= self.count:
+            if self.end:
+                return None
+            self.fetching = True
+            try:
+                await asyncio.Event().wait()  # never ends by itself: stop() cancels it
+            finally:
+                self.fetching = False
+        size = min(max_items, self.batch or max_items, self.count - self.next)
+        out = [(t, self.item(t)) for t in range(self.next, self.next + size)]
+        self.next += size
+        unacked = self.next - len(self.acked) - len(self.nacked)
+        self.max_unacked = max(self.max_unacked, unacked)
+        return out
+
+    async def ack(self, tokens: Sequence[Hashable]) -> None:
+        assert tokens
+        if self.check is not None:
+            self.check(tokens, "ack")
+        self.calls.append(("ack", len(tokens)))
+        self.acked.extend(tokens)
+
+    async def nack(self, tokens: Sequence[Hashable]) -> None:
+        assert tokens
+        if self.check is not None:
+            self.check(tokens, "nack")
+        self.calls.append(("nack", len(tokens)))
+        self.nacked.extend(tokens)
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+async def collect(ins: Any, outs: Any, state: Any) -> None:
+    async for item in ins.x:
+        state.setdefault("items", []).append(item)
+
+
+def delivery(workflow: Workflow, step: str = "source") -> dict[str, int]:
+    return workflow.stats()["streams"][step]["delivery"]  # type: ignore[no-any-return]
+
+
+# -- the protocol and its options ------------------------------------------------------------
+
+
+def test_recorder_is_an_ack_source() -> None:
+    assert isinstance(Recorder(1), AckSource)
+    assert isinstance(Recorder(1), mimo_rx.AckSource)
+
+
+@pytest.mark.parametrize(
+    ("options", "word"),
+    [
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"max_in_flight": -3}, "max_in_flight"),
+        ({"max_in_flight": 2.5}, "max_in_flight"),
+        ({"max_in_flight": True}, "max_in_flight"),
+        ({"commit_interval": 0}, "commit_interval"),
+        ({"commit_interval": -1.0}, "commit_interval"),
+        ({"commit_interval": "1"}, "commit_interval"),
+    ],
+)
+def test_options_not_positive_are_config_errors(options: dict[str, Any], word: str) -> None:
+    with pytest.raises(ConfigError, match=word) as info:
+        Workflow().add_source(Recorder(3), name="orders", **options)
+    assert "'orders'" in str(info.value)
+
+
+@pytest.mark.parametrize("source", [[1, 2, 3], (x for x in range(3))])
+def test_options_on_a_plain_source_are_config_errors(source: Any) -> None:
+    with pytest.raises(ConfigError, match="max_in_flight") as info:
+        Workflow().add_source(source, name="numbers", max_in_flight=10)
+    assert "'numbers'" in str(info.value) and "AckSource" in str(info.value)
+    with pytest.raises(ConfigError, match="commit_interval"):
+        Workflow().add_source(source, commit_interval=1.0)
+
+
+def test_every_message_acked_once_open_before_close_after() -> None:
+    src = Recorder(500, batch=7)
+    wf = Workflow(buffer_size=16)
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    wf.add_source(src, max_in_flight=40, commit_interval=0.01).pipe(
+        wf.add_stream(map_stream(lambda x: x + 1))
+    ).pipe(sink)
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(500))
+    assert not src.nacked
+    assert src.calls[0] == "open" and src.calls[-1] == "close"
+    assert src.calls.count("open") == src.calls.count("close") == 1
+    assert src.max_unacked <= 40
+    assert delivery(wf) == {"fetched": 500, "acked": 500, "nacked": 0, "in_flight": 0}
+    assert sink.stream.state["items"] == list(range(1, 501))
+
+
+def test_fetch_asks_for_room_within_the_cap() -> None:
+    src = Recorder(200)
+    wf = Workflow(buffer_size=8)
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    wf.add_source(src, max_in_flight=5, commit_interval=0.01).pipe(sink)
+    run_checked(wf)
+    assert max(src.fetch_sizes) <= 5
+    assert src.max_unacked <= 5
+    assert sorted(src.acked) == list(range(200))
+
+
+def test_acks_are_batched_by_commit_interval() -> None:
+    src = Recorder(300)
+    wf = Workflow(buffer_size=64)
+
+    async def slow_sink(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            await asyncio.sleep(0.0005)
+
+    wf.add_source(src, max_in_flight=1000, commit_interval=0.05).pipe(
+        wf.add_stream(Stream(["x"], [], fn=slow_sink))
+    )
+    run_checked(wf)
+    acks = [n for call, n in (c for c in src.calls if isinstance(c, tuple)) if call == "ack"]
+    assert sum(acks) == 300
+    assert len(acks) < 300 // 5  # batched: far fewer calls than messages
+    assert src.calls[-1] == "close"
+
+
+def test_running_enters_after_open() -> None:
+    src = Recorder(3)
+    seen: list[Any] = []
+    wf = Workflow()
+    out = wf.add_outlet("out")
+    wf.add_source(src).pipe(out)
+
+    async def main() -> None:
+        async with wf.running():
+            seen.append(list(src.calls))
+            assert [item async for item in out] == [0, 1, 2]
+
+    run_checked(main())
+    assert seen == [["open"]]
+    assert sorted(src.acked) == [0, 1, 2]
+
+
+# -- when a message is done ------------------------------------------------------------------
+
+
+def test_sink_holds_its_item_until_it_asks_for_the_next() -> None:
+    src = Recorder(3, batch=1)
+    acked_when: dict[int, list[int]] = {}
+    wf = Workflow()
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.05)  # several commit intervals while holding
+            acked_when[item] = list(src.acked)
+
+    wf.add_source(src, commit_interval=0.005).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    run_checked(wf)
+    for item, acked in acked_when.items():
+        assert item not in acked  # never acked while the sink still held it
+    assert sorted(src.acked) == [0, 1, 2]
+
+
+def test_hold_keeps_a_window_held_until_released() -> None:
+    src = Recorder(10, batch=1)
+    acked_at_release: list[list[Hashable]] = []
+    wf = Workflow()
+
+    async def window(ins: Any, outs: Any, state: Any) -> None:
+        handles = []
+        async for _ in ins.x:
+            handles.append(ins.x.hold())
+            await asyncio.sleep(0.01)
+            if len(handles) == 5:
+                acked_at_release.append(list(src.acked))
+                for held in handles:
+                    held.release()
+                handles.clear()
+
+    wf.add_source(src, commit_interval=0.002).pipe(wf.add_stream(Stream(["x"], [], fn=window)))
+    run_checked(wf)
+    assert acked_at_release[0] == []  # nothing of the first window before its release
+    assert set(acked_at_release[1]).isdisjoint(range(5, 10))
+    assert sorted(src.acked) == list(range(10))
+
+
+def test_hold_on_an_untracked_input_is_harmless() -> None:
+    wf = Workflow()
+
+    async def body(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            with ins.x.hold():
+                pass
+
+    wf.add_source([1, 2]).pipe(wf.add_stream(Stream(["x"], [], fn=body)))
+    run_checked(wf)
+
+
+def test_map_stream_out_of_order_jobs_keep_their_own_items() -> None:
+    done_items: list[int] = []
+
+    def check(tokens: Sequence[Hashable], kind: str) -> None:
+        for token in tokens:
+            assert token in done_items, f"{token} acked before its result was taken"
+
+    src = Recorder(60, check=check)
+
+    async def jitter(x: int) -> int:
+        await asyncio.sleep(random.random() * 0.005)
+        return x
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0)
+            done_items.append(item)  # the next step of the loop releases it
+
+    wf = Workflow(buffer_size=4)
+    wf.add_source(src, commit_interval=0.001).pipe(
+        wf.add_stream(map_stream(jitter, concurrency=8, ordered=False))
+    ).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(60))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_operator_filter_and_buffer_lose_nothing(fuse: bool) -> None:
+    src = Recorder(100, batch=3)
+    wf = Workflow(buffer_size=8)
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    keep = wf.add_stream(operator(ops.filter(lambda x: x % 4 == 0), name="keep"))
+    window = wf.add_stream(operator(ops.buffer_with_count(3), name="window"))
+    step = wf.add_source(src, commit_interval=0.005).pipe(keep)
+    if not fuse:  # a plain relay between them prevents fusing
+        step = step.pipe(wf.add_stream(Stream(["x"], ["y"], name="relay")))
+    step.pipe(window).pipe(sink)
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(100))
+    assert [x for batch in sink.stream.state["items"] for x in batch] == list(range(0, 100, 4))
+
+
+def test_plain_def_stream_releases_when_its_call_returns() -> None:
+    src = Recorder(50, batch=5)
+    wf = Workflow(buffer_size=8)
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+
+    def double(ins: Any, outs: Any, state: Any) -> bool:
+        more = False
+        for item in ins.x:
+            more = not outs.y.push(item * 2) or more
+        return more
+
+    wf.add_source(src, commit_interval=0.005).pipe(
+        wf.add_stream(Stream(["x"], ["y"], fn=double))
+    ).pipe(sink)
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(50))
+    assert sink.stream.state["items"] == [2 * x for x in range(50)]
+
+
+def test_outlet_releases_when_the_application_reads_on() -> None:
+    src = Recorder(4, batch=1, end=False)  # the run lasts until stop()
+    wf = Workflow()
+    out = wf.add_outlet("out")
+    wf.add_source(src, commit_interval=0.002).pipe(out)
+    acked: list[list[Hashable]] = []
+
+    async def main() -> None:
+        async with wf.running():
+            assert await out.receive() == 0
+            await asyncio.sleep(0.05)
+            acked.append(list(src.acked))
+            assert await out.receive() == 1
+            await asyncio.sleep(0.05)
+            acked.append(list(src.acked))
+            wf.stop()
+            assert [item async for item in out] == [2, 3]
+
+    run_checked(main())
+    assert acked[0] == []  # 0 is held by the application (and 1 to 3 buffered)
+    assert acked[1] == [0]
+    assert sorted(src.acked) == [0, 1, 2, 3]  # the run's end releases the rest
+
+
+def test_pipe_policy_drop_releases() -> None:
+    src = Recorder(200)
+    wf = Workflow(buffer_size=2)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            await asyncio.sleep(0.001)
+
+    fast = wf.add_stream(Stream(["x"], [], fn=collect, name="fast"))
+    lossy = wf.add_stream(Stream(["x"], [], fn=slow, name="lossy"))
+    source = wf.add_source(src, commit_interval=0.005)
+    source.pipe(fast)
+    source.pipe(lossy, policy="drop_oldest")
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(200))
+    assert wf.stats()["streams"]["lossy"]["inputs"]["x"]["dropped"] > 0
+
+
+def test_finished_consumer_discards_and_releases() -> None:
+    src = Recorder(100)
+    wf = Workflow(buffer_size=4)
+
+    async def first_three(ins: Any, outs: Any, state: Any) -> None:
+        for _ in range(3):
+            await ins.x.pop()
+
+    wf.add_source(src, commit_interval=0.005).pipe(wf.add_stream(Stream(["x"], [], fn=first_three)))
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(src.next))  # everything fetched is acked
+
+
+def test_unpiped_failure_nacks_piped_failure_acks() -> None:
+    def fragile(x: int) -> int:
+        if x % 5 == 0:
+            raise ValueError(x)
+        return x
+
+    for piped in (False, True):
+        src = Recorder(20, batch=4)
+        wf = Workflow()
+        stage = wf.add_stream(map_stream(fragile, on_error="resume", name="fragile"))
+        wf.add_source(src, commit_interval=0.005).pipe(stage).pipe(
+            wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+        )
+        if piped:
+            dead = wf.add_stream(Stream(["x"], [], fn=collect, name="dead"))
+            stage.pipe(dead, output="errors")
+        run_checked(wf)  # unpiped failures are logged (caplog would show them)
+        failed = [x for x in range(20) if x % 5 == 0]
+        if piped:
+            assert sorted(src.acked) == list(range(20)) and not src.nacked
+            failures = dead.stream.state["items"]
+            assert [f.item for f in failures] == failed
+        else:
+            assert sorted(src.nacked) == failed
+            assert sorted(src.acked) == [x for x in range(20) if x % 5]
+        assert delivery(wf)["in_flight"] == 0
+
+
+def test_resuming_async_stream_failure_derives_from_what_it_held() -> None:
+    src = Recorder(10, batch=2)
+    wf = Workflow()
+
+    async def picky(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            if item == 3:
+                raise RuntimeError("three")
+            await outs.y.push(item)
+
+    stage = wf.add_stream(Stream(["x"], ["y"], fn=picky, name="picky", on_error="resume"))
+    wf.add_source(src, commit_interval=0.005).pipe(stage).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    run_checked(wf)
+    assert src.nacked == [3]
+    assert sorted(src.acked) == [x for x in range(10) if x != 3]
+
+
+# -- how the run ends ------------------------------------------------------------------------
+
+
+def test_stop_cancels_a_waiting_fetch_and_flushes() -> None:
+    src = Recorder(30, end=False)
+    wf = Workflow()
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    wf.add_source(src, commit_interval=10.0).pipe(sink)  # only the final flush acks
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()
+        await task
+
+    run_checked(main())
+    assert sorted(src.acked) == list(range(30))
+    assert src.calls[-1] == "close"
+    assert delivery(wf) == {"fetched": 30, "acked": 30, "nacked": 0, "in_flight": 0}
+
+
+def test_failure_acks_only_what_is_done() -> None:
+    src = Recorder(20, batch=1)
+    wf = Workflow(buffer_size=2)
+
+    async def breaks(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            if item == 10:
+                raise ValueError("boom")
+
+    wf.add_source(src, commit_interval=10.0).pipe(
+        wf.add_stream(Stream(["x"], [], fn=breaks, name="breaks"))
+    )
+    with pytest.raises(StreamError):
+        run_checked(wf)
+    assert sorted(src.acked) == list(range(10))  # 10 was held when it raised: not done
+    assert not src.nacked
+    assert src.calls[-1] == "close"
+    stats = delivery(wf)
+    assert stats["fetched"] == stats["acked"] + stats["nacked"] + stats["in_flight"]
+
+
+def test_cancel_acks_the_done_ones_and_closes() -> None:
+    src = Recorder(10**6, end=False)
+    wf = Workflow(buffer_size=4)
+    wf.add_source(src, commit_interval=10.0).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while len(src.fetch_sizes) < 20:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        wf.cancel()
+        with pytest.raises(mimo_rx.WorkflowCancelled):
+            await task
+
+    run_checked(main())
+    assert src.acked  # the done ones
+    assert sorted(src.acked) == list(range(len(src.acked)))
+    assert src.calls[-1] == "close" and src.calls.count("close") == 1
+
+
+def test_cap_deadlock_names_the_holders() -> None:
+    src = Recorder(100, end=False)
+    wf = Workflow()
+
+    async def wide_window(ins: Any, outs: Any, state: Any) -> None:
+        handles = []
+        async for _ in ins.x:
+            handles.append(ins.x.hold())
+            if len(handles) == 20:  # wider than max_in_flight: never reached
+                for held in handles:
+                    held.release()
+                handles.clear()
+
+    wf.add_source(src, max_in_flight=10, commit_interval=0.01).pipe(
+        wf.add_stream(Stream(["x"], [], fn=wide_window, name="window"))
+    )
+    with pytest.raises(DeadlockError, match="max_in_flight") as info:
+        run_checked(wf)
+    assert "'window'" in str(info.value)
+    assert src.calls[-1] == "close"
+    assert not src.acked
+
+
+def test_open_failure_fails_the_run_naming_the_source() -> None:
+    class Broken(Recorder):
+        async def open(self) -> None:
+            raise ConnectionError("no broker")
+
+    src = Broken(3)
+    wf = Workflow()
+    wf.add_source(src, name="orders").pipe(wf.add_stream(Stream(["x"], [], fn=collect)))
+    with pytest.raises(StreamError, match="orders"):
+        run_checked(wf)
+
+
+def test_untracked_graphs_keep_plain_ports() -> None:
+    wf = Workflow()
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    source = wf.add_source([1, 2, 3])
+    source.pipe(sink)
+    run_checked(wf)
+    assert type(sink.stream.input("x")) is mimo_rx.Input
+    assert type(source.stream.output("out")) is mimo_rx.Output
+
+
+def test_prometheus_families_follow_delivery_stats() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import mimo_rx.prometheus
+
+    src = Recorder(30, batch=4)
+    wf = Workflow()
+    wf.add_source(src, name="orders", commit_interval=0.005).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    registry = CollectorRegistry()
+    mimo_rx.prometheus.instrument(wf, name="shop", registry=registry)
+    run_checked(wf)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    labels = (("stream", "orders"), ("workflow", "shop"))
+    assert samples[("mimo_rx_source_acked_total", labels)] == 30
+    assert samples[("mimo_rx_source_nacked_total", labels)] == 0
+    assert samples[("mimo_rx_source_in_flight", labels)] == 0
+    assert not any(name.startswith("mimo_rx_source") for name, lab in samples if lab != labels)
+
+
+# -- send_and_wait ---------------------------------------------------------------------------
+
+
+def test_send_and_wait_returns_once_done_and_raises_item_failed() -> None:
+    released: list[int] = []
+
+    def check(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+    stage = wf.add_stream(map_stream(check, on_error="resume", name="check"))
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.01)
+            released.append(item)
+
+    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+
+    async def main() -> None:
+        async with wf.running():
+            await inlet.send(1)  # before any send_and_wait: untracked, costs nothing
+            await inlet.send_and_wait(2)
+            assert 2 in released
+            with pytest.raises(ItemFailed) as info:
+                await inlet.send_and_wait(-1)
+            assert isinstance(info.value, mimo_rx.MimoError)
+            (failure,) = info.value.failures
+            assert isinstance(failure, Failure) and failure.item == -1
+
+    run_checked(main())
+
+
+def test_send_and_wait_raises_what_receive_would_when_the_run_fails() -> None:
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+
+    async def breaks(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            await asyncio.sleep(0.01)
+            raise ValueError("boom")
+
+    inlet.pipe(wf.add_stream(Stream(["x"], [], fn=breaks, name="breaks")))
+
+    async def main() -> None:
+        with pytest.raises(StreamError):
+            async with wf.running():
+                with pytest.raises(StreamError):
+                    await inlet.send_and_wait(1)
+
+    run_checked(main())
+
+
+# -- the property ----------------------------------------------------------------------------
+
+KINDS = ("relay", "filter", "batch", "window", "resume", "operator")
+
+
+@st.composite
+def graphs(draw: Any) -> dict[str, Any]:
+    count = draw(st.integers(1, 6))
+    nodes = []
+    for index in range(count):
+        kind = draw(st.sampled_from(KINDS))
+        parents = draw(st.lists(st.integers(-1, index - 1), min_size=1, max_size=2, unique=True))
+        nodes.append(
+            {
+                "kind": kind,
+                "parents": parents,
+                "piped_errors": draw(st.booleans()),
+                "delay": draw(st.sampled_from([0.0, 0.0, 0.0005])),
+            }
+        )
+    return {
+        "nodes": nodes,
+        "messages": draw(st.integers(1, 60)),
+        "batch": draw(st.integers(1, 8)),
+        "cap": draw(st.integers(20, 200)),
+        "buffer": draw(st.integers(1, 8)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+class Oracle:
+    """The test's own account of live copies per message (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.live: Counter[int] = Counter()
+        self.failed: set[int] = set()  # messages with a Failure no stream took
+        self.errors: list[str] = []
+
+    def add(self, origins: frozenset[int], copies: int) -> None:
+        for m in origins:
+            self.live[m] += copies
+
+    def drop(self, origins: frozenset[int]) -> None:
+        for m in origins:
+            self.live[m] -= 1
+            if self.live[m] < 0:
+                self.errors.append(f"oracle: {m} released more often than taken")
+
+    def check(self, tokens: Sequence[Hashable], kind: str) -> None:
+        for m in tokens:
+            assert isinstance(m, int)
+            if self.live[m]:
+                self.errors.append(f"{kind} of {m} while {self.live[m]} copies are live")
+
+
+def build(spec: dict[str, Any], oracle: Oracle, src: Recorder) -> Workflow:
+    rng = random.Random(spec["seed"])
+    nodes = spec["nodes"]
+    children: dict[int, list[int]] = defaultdict(list)
+    for index, node in enumerate(nodes):
+        for parent in node["parents"]:
+            children[parent].append(index)
+    fanout = {index: len(children[index]) for index in range(-1, len(nodes))}
+    dead_copies = {
+        index: (1 if node["piped_errors"] else 0)
+        for index, node in enumerate(nodes)
+        if node["kind"] == "resume"
+    }
+
+    def item(token: int) -> tuple[int, frozenset[int]]:
+        oracle.add(frozenset([token]), fanout[-1])
+        return (token, frozenset([token]))
+
+    src.item = item  # type: ignore[method-assign]
+    wf = Workflow(buffer_size=spec["buffer"])
+    steps: dict[int, Any] = {
+        -1: wf.add_source(src, max_in_flight=spec["cap"], commit_interval=0.002)
+    }
+
+    def make(index: int, node: dict[str, Any]) -> Stream:
+        copies = fanout[index]
+        delay = node["delay"]
+        kind = node["kind"]
+
+        async def push(outs: Any, value: int, origins: frozenset[int]) -> None:
+            oracle.add(origins, copies)
+            await outs.y.push((value, origins))
+
+        async def pause() -> None:
+            if delay and rng.random() < 0.5:
+                await asyncio.sleep(delay)
+
+        if kind == "relay":
+
+            async def body(ins: Any, outs: Any, state: Any) -> None:
+                async for value, origins in ins.x:
+                    await pause()
+                    await push(outs, value, origins)
+                    oracle.drop(origins)  # released at the next step of the loop
+
+        elif kind == "filter":
+
+            async def body(ins: Any, outs: Any, state: Any) -> None:
+                async for value, origins in ins.x:
+                    await pause()
+                    if value % 3:
+                        await push(outs, value, origins)
+                    oracle.drop(origins)
+
+        elif kind == "batch":
+
+            async def body(ins: Any, outs: Any, state: Any) -> None:
+                async for batch in ins.x.batches(max_items=3):
+                    await pause()
+                    union = frozenset().union(*(o for _, o in batch))
+                    await push(outs, batch[0][0], union)
+                    for _, origins in batch:
+                        oracle.drop(origins)
+
+        elif kind == "window":
+
+            async def body(ins: Any, outs: Any, state: Any) -> None:
+                held: list[tuple[Any, frozenset[int]]] = []
+                async for value, origins in ins.x:
+                    oracle.add(origins, 1)  # the handle's own reference
+                    held.append((ins.x.hold(), origins))
+                    union = frozenset().union(*(o for _, o in held))
+                    await pause()
+                    await push(outs, value, union)
+                    if len(held) >= 3:
+                        handle, old = held.pop(0)
+                        oracle.drop(old)
+                        handle.release()
+                    oracle.drop(origins)
+                for handle, old in held:  # returning releases everything too
+                    oracle.drop(old)
+                    handle.release()
+
+        elif kind == "resume":
+            errors_copies = dead_copies[index]
+
+            async def body(ins: Any, outs: Any, state: Any) -> None:
+                pending = state.pop("failed", None)
+                if pending is not None:
+                    oracle.drop(pending)  # the failed item: released at the next step
+                async for value, origins in ins.x:
+                    await pause()
+                    if value % 7 == 3:
+                        if errors_copies:
+                            oracle.add(origins, errors_copies)
+                        else:
+                            oracle.failed.update(origins)
+                        state["failed"] = origins
+                        raise ValueError(value)
+                    await push(outs, value, origins)
+                    oracle.drop(origins)
+
+        else:  # "operator": a filter, then the oracle's account at each emission
+            dropped: list[frozenset[int]] = []
+
+            def keep(pair: tuple[int, frozenset[int]]) -> bool:
+                if pair[0] % 4 == 1:
+                    dropped.append(pair[1])  # released when the chain next emits
+                    return False
+                return True
+
+            def emitted(pair: tuple[int, frozenset[int]]) -> tuple[int, frozenset[int]]:
+                # The emission derives from the dropped items too (the engine's rule).
+                derived = pair[1].union(*dropped)
+                oracle.add(derived, copies)
+                oracle.drop(pair[1])
+                for origins in dropped:
+                    oracle.drop(origins)
+                dropped.clear()
+                return (pair[0], derived)
+
+            def completed() -> None:
+                for origins in dropped:
+                    oracle.drop(origins)
+                dropped.clear()
+
+            return operator(
+                lambda feed: feed.pipe(
+                    ops.filter(keep), ops.map(emitted), ops.do_action(on_completed=completed)
+                ),
+                name=f"n{index}",
+            )
+
+        return Stream(
+            ["x"],
+            ["y"],
+            fn=body,
+            name=f"n{index}",
+            on_error="resume" if kind == "resume" else "fail",
+        )
+
+    async def dead(ins: Any, outs: Any, state: Any) -> None:
+        async for failure in ins.x:
+            oracle.drop(failure.item[1])
+
+    for index, node in enumerate(nodes):
+        steps[index] = wf.add_stream(make(index, node))
+        for parent in node["parents"]:
+            steps[parent].pipe(steps[index], output="out" if parent == -1 else "y")
+        if node["kind"] == "resume" and node["piped_errors"]:
+            steps[index].pipe(
+                wf.add_stream(Stream(["x"], [], fn=dead, name=f"dead{index}")),
+                output="errors",
+            )
+    return wf
+
+
+@settings(max_examples=60)
+@given(graphs())
+def test_property_every_message_acked_once_never_early(spec: dict[str, Any]) -> None:
+    oracle = Oracle()
+    src = Recorder(spec["messages"], batch=spec["batch"], check=oracle.check)
+    wf = build(spec, oracle, src)
+    identity_errors: list[dict[str, int]] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not task.done():
+            stats = delivery(wf)
+            if stats["fetched"] != stats["acked"] + stats["nacked"] + stats["in_flight"]:
+                identity_errors.append(stats)
+            await asyncio.sleep(0.001)
+        await task
+
+    import logging
+
+    logging.getLogger("mimo_rx").setLevel(logging.ERROR)  # unpiped failures are logged
+    try:
+        run_checked(main(), timeout=30)
+    finally:
+        logging.getLogger("mimo_rx").setLevel(logging.NOTSET)
+    assert not oracle.errors, oracle.errors[:5]
+    assert not identity_errors
+    done = Counter(src.acked) + Counter(src.nacked)
+    assert sorted(done) == list(range(spec["messages"]))
+    assert all(count == 1 for count in done.values())
+    assert set(src.nacked) == oracle.failed
+    assert delivery(wf)["in_flight"] == 0
+
+
+def test_a_forgotten_await_on_a_tracked_push_fails_the_run() -> None:
+    wf = Workflow()
+
+    async def forgetful(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            outs.y.push(item)  # type: ignore[unused-coroutine]  # the mistake under test
+
+    stage = wf.add_stream(Stream(["x"], ["y"], fn=forgetful, name="forgetful"))
+    wf.add_source(Recorder(3)).pipe(stage).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    with pytest.raises(StreamError) as info:
+        run_checked(wf)
+    assert isinstance(info.value.__cause__, mimo_rx.MissingAwaitError)
