@@ -27,6 +27,7 @@ from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
 from ._errors import ConfigError
+from ._fastops import FastChain, Process, compile_chain
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -290,12 +291,41 @@ class RxStream(Stream):
         self._caught: _StageFailed | None = None
         self._fed = 0
         self._last_fed: tuple[Any, str | None] = (None, None)
+        # The fast path (_fastops): the operator of an operator() stage (None for rx_stream),
+        # whether this stage must run the Rx chain anyway (require_rx_chain), the compiled
+        # chain of this run, and whether it failed (on_error="fail") or completed.
+        self._rx_op: Callable[[Any], Any] | None = None
+        self._rx_chain_required = False
+        self._fast: FastChain | None = None
+        self._fast_dead = False
+        self._fast_completed = False
 
     _resumes_itself = True  # the chain is subscribed anew in run()
 
     def _fuse(self, followers: list[Stream]) -> None:
         self._followers = [f for f in followers if isinstance(f, RxStream)]
         assert len(self._followers) == len(followers), "only operator streams fuse"
+
+    def require_rx_chain(self) -> None:
+        """Make this stage, and any chain fused with it, feed its items through the Rx
+        chain, never the compiled fast path (see ``_fast_chain``).
+
+        For wiring: a stage whose items are tracked (downstream of an acknowledged source,
+        contract section 12) needs the Rx chain's emissions to know what each one derives
+        from. Call it before the run starts (``Run._wire``), on the head or any follower.
+        """
+        self._rx_chain_required = True
+
+    def _fast_chain(self) -> FastChain | None:
+        """The one decision point of the fast path, made once per run: the chain of this
+        stage and its fused followers compiled into plain Python (``_fastops``), or ``None``
+        to run the Rx chain, when any stage is an ``rx_stream``, uses an operator
+        ``_fastops`` does not know, or was told to ``require_rx_chain()``."""
+        stages = [self, *self._followers]
+        if any(s._rx_op is None or s._rx_chain_required for s in stages):
+            return None
+        links = [s._outputs[s.outs[0]] for s in stages[:-1]]
+        return compile_chain([s._rx_op for s in stages], links)
 
     def _emit(self, event: tuple[str, int, Any]) -> None:
         if self._loop_thread is None or threading.get_ident() == self._loop_thread:
@@ -377,12 +407,19 @@ class RxStream(Stream):
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
         last = self._followers[-1] if self._followers else self
         outputs = [last._outputs[name] for name in last.outs]
-        feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+        self._fast = self._fast_chain()
+        subscribe: Callable[..., tuple[list[Any], list[rx_abc.DisposableBase]]]
+        feed: Callable[[list[Input[Any]], list[Any]], bool]
+        if self._fast is None:
+            subscribe, feed = self._subscribe, self._feed
+        else:  # the same turns, the chain compiled into plain Python
+            subscribe, feed = self._subscribe_fast, self._feed_fast
+        feeds, subscriptions = subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
-                fed = self._feed(inputs, feeds)
+                fed = feed(inputs, feeds)
                 broken = False  # on_error="resume": the chain failed and is rebuilt
                 if self._caught is not None:
                     failed, self._caught = self._caught, None
@@ -397,7 +434,7 @@ class RxStream(Stream):
                 if broken:
                     for subscription in subscriptions:
                         subscription.dispose()
-                    feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+                    feeds, subscriptions = subscribe(len(inputs), outputs, scheduler)
         finally:
             for subscription in subscriptions:
                 subscription.dispose()
@@ -427,6 +464,70 @@ class RxStream(Stream):
             results[i].subscribe(collector(self, i, stage), scheduler=scheduler) for i in live
         ]
         return feeds, subscriptions
+
+    def _subscribe_fast(
+        self,
+        count: int,
+        outputs: list[Output[Any]],
+        scheduler: rx_abc.SchedulerBase | None,
+    ) -> tuple[list[Process], list[rx_abc.DisposableBase]]:
+        """``_subscribe`` for the compiled chain: a fresh process (fresh operator state)."""
+        assert self._fast is not None and count == 1 and len(outputs) == 1
+        self._open_results = 0 if outputs[0].closed or self._fast_completed else 1
+        self._fed = 0
+        return [self._fast.start()], []
+
+    def _feed_fast(self, inputs: list[Input[Any]], feeds: list[Process]) -> bool:
+        """``_feed`` for the compiled chain: everything buffered goes through it at once.
+
+        What it emits joins the events as the collector's emissions do, in the same
+        order; a failure is handled as the Rx chain's observers handle it.
+        """
+        if self._open_results == 0:
+            return False
+        port = inputs[0]
+        if port._items:
+            batch = port._take_all()
+            if self._fast_dead:  # failed (on_error="fail"): a stopped Rx chain ignores items
+                return True
+            self._fed += len(batch)
+            self._last_fed = (batch[-1], port.name)
+            items = iter(batch)
+            results: list[Any] = []
+            failed = feeds[0](items, results.append)
+            if results:
+                self._collect_fast(results)
+            if failed is not None:
+                self._fast_failed(failed, port, items)
+            return True
+        if port._closed and not self._fast_completed and not self._fast_dead:
+            self._fast_completed = True
+            self._record(("completed", 0, None))
+            return True
+        return False
+
+    def _collect_fast(self, results: list[Any]) -> None:
+        """What the compiled chain emitted for one batch (never empty), as the collector's
+        ``on_next`` would have recorded it item by item."""
+        self._record(("next", 0, results))
+
+    def _fast_failed(
+        self, failed: tuple[int, Exception, Any], port: Input[Any], rest: Any
+    ) -> None:
+        """A user function of the compiled chain raised: as ``_feed`` and the observers do."""
+        index, error, item = failed
+        stage = ([self, *self._followers])[index]
+        if self._on_error == "resume":
+            port._give_back(list(rest))  # not fed: stays buffered
+            caught = _StageFailed(stage, error)
+            caught.item, caught.port = item, (port.name if index == 0 else "x")
+            self._last_fed = (item, caught.port)
+            self._caught = caught
+        else:  # the rest of the batch is lost in the stopped chain, as with Rx
+            self._fast_dead = True
+            if self._failed_stage is None:
+                self._failed_stage = stage._outputs[stage.outs[0]].stream_name
+            self._record(("error", 0, error))
 
     async def _resume(self, failed: _StageFailed, outputs: list[Output[Any]]) -> None:
         """Report ``failed`` as a Failure, or fail the run if nothing was fed since the
@@ -562,6 +663,7 @@ def operator(op: Callable[[Any], Any], name: str | None = None, on_error: str = 
         lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator", on_error=on_error
     )
     stream._fusable = True
+    stream._rx_op = op  # a chain of known operators runs compiled (_fastops)
     return stream
 
 
