@@ -75,7 +75,9 @@ def _closure(fn: object) -> dict[str, Any] | None:
     if code is None or cells is None or len(code.co_freevars) != len(cells):
         return None
     try:
-        return {name: cell.cell_contents for name, cell in zip(code.co_freevars, cells)}
+        return {
+            name: cell.cell_contents for name, cell in zip(code.co_freevars, cells, strict=True)
+        }
     except ValueError:  # an empty cell
         return None
 
@@ -114,12 +116,13 @@ def _known_kinds() -> tuple[Any, dict[Any, str], Any]:
     do not look as expected: every chain then takes the Rx path."""
     curry_code = getattr(ops.map(_probe), "__code__", None)
     kinds: dict[Any, str] = {}
-    for make, kind in (
+    probes: list[tuple[Callable[..., Any], str]] = [
         (ops.map, MAP),
         (ops.filter, FILTER),
         (ops.map_indexed, MAP_INDEXED),
         (ops.filter_indexed, FILTER_INDEXED),
-    ):
+    ]
+    for make, kind in probes:
         op = make(_probe)
         cells = _closure(op)
         if getattr(op, "__code__", None) is not curry_code or cells is None:
@@ -178,7 +181,7 @@ class FastChain:
         assert len(links) == len(stages) - 1
         source, args = _source(stages, len(links))
         namespace: dict[str, Any] = {}
-        exec(compile(source, "<mimo_rx fused operators>", "exec"), namespace)  # noqa: S102
+        exec(compile(source, "<mimo_rx fused operators>", "exec"), namespace)
         self.source = source
         self.start: Callable[[], Process] = namespace["factory"](*args, *links)
 
@@ -253,6 +256,7 @@ def _source(stages: Sequence[Sequence[Prim]], n_links: int) -> tuple[str, list[A
     lines += ["            try:", "                for x0 in it:"]
     lines += [f"                    {line}" for line in body]
     lines.append("            finally:")
-    lines += [f"                o{c[1:]}.pushed += {c}" for c in counters] or ["                pass"]
+    counts = [f"                o{c[1:]}.pushed += {c}" for c in counters]
+    lines += counts or ["                pass"]
     lines += ["            return None", "        return process", "    return start"]
     return "\n".join(lines) + "\n", fns

@@ -20,7 +20,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from reactivex import Observable
 from reactivex import abc as rx_abc
@@ -35,6 +35,7 @@ from ._stream import FusedStageError, Ports, Stream
 from ._supervision import Failure, check_on_error, report_failure, step_name
 
 _UNSET: Any = object()
+_FeedFn = Callable[[list[Input[Any]], list[Any]], bool]
 
 
 class _StageFailed(Exception):
@@ -408,12 +409,14 @@ class RxStream(Stream):
         last = self._followers[-1] if self._followers else self
         outputs = [last._outputs[name] for name in last.outs]
         self._fast = self._fast_chain()
+        # The same turns either way; the feeds are an Rx _Feed per input, or the process
+        # of the compiled chain.
         subscribe: Callable[..., tuple[list[Any], list[rx_abc.DisposableBase]]]
         feed: Callable[[list[Input[Any]], list[Any]], bool]
         if self._fast is None:
-            subscribe, feed = self._subscribe, self._feed
-        else:  # the same turns, the chain compiled into plain Python
-            subscribe, feed = self._subscribe_fast, self._feed_fast
+            subscribe, feed = self._subscribe, cast(_FeedFn, self._feed)
+        else:
+            subscribe, feed = self._subscribe_fast, cast(_FeedFn, self._feed_fast)
         feeds, subscriptions = subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
@@ -511,9 +514,7 @@ class RxStream(Stream):
         ``on_next`` would have recorded it item by item."""
         self._record(("next", 0, results))
 
-    def _fast_failed(
-        self, failed: tuple[int, Exception, Any], port: Input[Any], rest: Any
-    ) -> None:
+    def _fast_failed(self, failed: tuple[int, Exception, Any], port: Input[Any], rest: Any) -> None:
         """A user function of the compiled chain raised: as ``_feed`` and the observers do."""
         index, error, item = failed
         stage = ([self, *self._followers])[index]

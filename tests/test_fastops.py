@@ -195,7 +195,7 @@ def _raises(stage: int, kind: str, value: int, bad: int | None, mod: int) -> Non
         raise Boom(stage, kind, value)
 
 
-def _build(spec: tuple[str, int, int | None], stage: int) -> Any:  # noqa: C901
+def _build(spec: tuple[str, int, int | None], stage: int) -> Any:
     kind, a, bad = spec
     if kind == "map":
 
@@ -293,25 +293,7 @@ def _resume_model(items: list[int], stages: Stages) -> tuple[list[Any], list[Any
         state: dict[str, Any] = {"failed": None, "done": False}
         subjects: list[Subject[Any]] = [Subject() for _ in range(n)]
         for k in range(n):
-
-            def on_next(value: Any, k: int = k) -> None:
-                if k + 1 < n:
-                    current[k + 1] = value
-                    subjects[k + 1].on_next(value)
-                else:
-                    results.append(value)
-
-            def on_error(error: Exception, k: int = k) -> None:
-                if state["failed"] is None:
-                    state["failed"] = (k, error)
-
-            def on_completed(k: int = k) -> None:
-                if k + 1 < n:
-                    subjects[k + 1].on_completed()
-                else:
-                    state["done"] = True
-
-            subjects[k].pipe(_stage_op(stages[k], k)).subscribe(on_next, on_error, on_completed)
+            _model_stage(k, n, stages[k], subjects, current, state, results)
         while pos < len(items) and not state["done"]:
             item = items[pos]
             pos += 1
@@ -339,6 +321,38 @@ def _counts(stats: dict[str, Any]) -> dict[str, Any]:
         | {"failures": step["failures"], "status": step["status"]}
         for name, step in stats["streams"].items()
     }
+
+
+def _model_stage(
+    k: int,
+    n: int,
+    specs: Sequence[tuple[str, int, int | None]],
+    subjects: list[Subject[Any]],
+    current: list[Any],
+    state: dict[str, Any],
+    results: list[Any],
+) -> None:
+    """Subscribe stage ``k`` of the resume model: what it emits goes into stage ``k + 1``
+    (noting the value passed in), its error is noted, its completion passed on."""
+
+    def on_next(value: Any) -> None:
+        if k + 1 < n:
+            current[k + 1] = value
+            subjects[k + 1].on_next(value)
+        else:
+            results.append(value)
+
+    def on_error(error: Exception) -> None:
+        if state["failed"] is None:
+            state["failed"] = (k, error)
+
+    def on_completed() -> None:
+        if k + 1 < n:
+            subjects[k + 1].on_completed()
+        else:
+            state["done"] = True
+
+    subjects[k].pipe(_stage_op(specs, k)).subscribe(on_next, on_error, on_completed)
 
 
 def _key(error: BaseException | None) -> Any:
