@@ -22,6 +22,7 @@ compares the compiled loop with reactivex itself on random chains.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -99,9 +100,14 @@ def _curried_parts(op: object) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | 
     return cells["fun"], args, kwargs
 
 
+@functools.lru_cache(maxsize=64)
+def _signature(fun: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fun)
+
+
 def _argument(fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The one argument after ``source`` that ``fun(source, *args, **kwargs)`` receives."""
-    signature = inspect.signature(fun)
+    signature = _signature(fun)
     bound = signature.bind(None, *args, **kwargs)  # TypeError when it does not fit
     bound.apply_defaults()
     values = list(bound.arguments.values())
@@ -180,10 +186,17 @@ class FastChain:
     def __init__(self, stages: Sequence[Sequence[Prim]], links: Sequence[Counter]) -> None:
         assert len(links) == len(stages) - 1
         source, args = _source(stages, len(links))
-        namespace: dict[str, Any] = {}
-        exec(compile(source, "<mimo_rx fused operators>", "exec"), namespace)
         self.source = source
-        self.start: Callable[[], Process] = namespace["factory"](*args, *links)
+        self.start: Callable[[], Process] = _factory(source)(*args, *links)
+
+
+@functools.lru_cache(maxsize=256)
+def _factory(source: str) -> Callable[..., Callable[[], Process]]:
+    """The ``factory`` function of a generated source (chains of one shape share it)."""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<mimo_rx fused operators>", "exec"), namespace)
+    factory: Callable[..., Callable[[], Process]] = namespace["factory"]
+    return factory
 
 
 def compile_chain(ops_: Sequence[object], links: Sequence[Counter]) -> FastChain | None:
