@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import reactivex
 from harness import Collector, RecordingObserver, assert_stats_identity, run_checked
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
 from reactivex.subject import Subject
@@ -403,6 +403,10 @@ def _is_known(stages: Stages) -> bool:
     return all(spec[0] in KNOWN for specs in stages for spec in specs)
 
 
+# Each example runs the chain four times (fast path, Rx path, the model or reactivex): the
+# timeout scales with the examples of the profile, and leaves room for a loaded machine.
+TIMEOUT_S = max(300, settings.default.max_examples * 1.5)
+
 chains = st.lists(st.lists(op_specs, min_size=1, max_size=3), min_size=1, max_size=4)
 known_chains = st.lists(st.lists(known_specs, min_size=1, max_size=3), min_size=1, max_size=4)
 inputs = st.lists(st.integers(0, 200), max_size=40)
@@ -443,6 +447,7 @@ def _check_resume(items: list[int], stages: Stages, buffer_size: int) -> None:
     assert stats_rx == stats
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 @given(inputs, chains, buffers)
 def test_operator_chain_emits_what_reactivex_emits(
     items: list[int], stages: Stages, buffer_size: int
@@ -450,6 +455,7 @@ def test_operator_chain_emits_what_reactivex_emits(
     _check_fail(items, stages, buffer_size)
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 @given(inputs, known_chains, buffers)
 def test_known_chain_emits_what_reactivex_emits(
     items: list[int], stages: Stages, buffer_size: int
@@ -457,6 +463,7 @@ def test_known_chain_emits_what_reactivex_emits(
     _check_fail(items, stages, buffer_size)
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 @given(inputs, chains, buffers)
 def test_resuming_chain_follows_the_contract(
     items: list[int], stages: Stages, buffer_size: int
@@ -464,6 +471,7 @@ def test_resuming_chain_follows_the_contract(
     _check_resume(items, stages, buffer_size)
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 @given(inputs, known_chains, buffers)
 def test_resuming_known_chain_follows_the_contract(
     items: list[int], stages: Stages, buffer_size: int
