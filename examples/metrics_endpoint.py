@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import reactivex.operators as ops
-from prometheus_client import CollectorRegistry, start_http_server
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+except ImportError:  # an optional dependency: say which extra brings it
+    sys.exit('metrics_endpoint.py needs prometheus_client: pip install -e ".[prometheus]"')
 
 import mimo_rx.prometheus
 from mimo_rx import Stream, Workflow, map_stream
@@ -68,7 +74,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workflow = build(args.seconds)
     registry = CollectorRegistry()  # the default REGISTRY would also show Python's own metrics
     mimo_rx.prometheus.instrument(workflow, name="orders", registry=registry)
-    server, thread = start_http_server(args.port, addr="127.0.0.1", registry=registry)
+    try:
+        server, thread = start_http_server(args.port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"port {args.port} is busy: choose another, or --port 0 for a free one")
     print(f"serving http://127.0.0.1:{server.server_port}/metrics", flush=True)
 
     # An alert with Rx: how many times per second a producer was paused by a full input.
@@ -77,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ops.buffer_with_time(1.0),
         ops.filter(len),
     ).subscribe(lambda pauses: print(f"alert: {len(pauses)} pauses into {pauses[0]['target']}"))
+    interrupted = False
     try:
-        workflow.run()
+        workflow.run()  # SIGTERM drains the run and it returns; Ctrl-C cancels it
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         server.shutdown()
         server.server_close()
@@ -90,11 +104,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stored": stats["store"]["inputs"]["x"]["taken"],
         "paused_s": stats["enrich"]["inputs"]["x"]["paused_s"],
     }
+    label = "final (interrupted)" if interrupted else "final"
     print(
-        f"final: {report['orders']} orders, {report['stored']} stored, source paused "
+        f"{label}: {report['orders']} orders, {report['stored']} stored, source paused "
         f"{report['paused_s']:.2f} s by the slow enrich stage",
         flush=True,
     )
+    if interrupted:
+        sys.exit(130)  # the shell's code for Ctrl-C
     return report
 
 

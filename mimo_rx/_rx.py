@@ -26,7 +26,7 @@ from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
-from ._errors import ConfigError
+from ._errors import ConfigError, safe_repr
 from ._fastops import FastChain, Process, compile_chain
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
@@ -42,7 +42,7 @@ class _StageFailed(Exception):
     """An error of a resuming Rx stage, on its way up the Rx call stack to ``_feed``."""
 
     def __init__(self, stage: RxStream, error: Exception) -> None:
-        super().__init__(repr(error))
+        super().__init__(safe_repr(error))
         self.stage = stage
         self.error = error
         self.item: Any = _UNSET  # the value passed into the failing stage, once known
@@ -226,15 +226,41 @@ class _Collector(rx_abc.ObserverBase[Any]):
             if owner._tail_index == self.index:
                 owner._tail.append(value)  # the common case: one more item of the open run
             else:
+                if asyncio.iscoroutine(value):  # checked once per run of items, not per item
+                    stage, error = self._coroutine_emitted(value)
+                    raise FusedStageError(stage, error) if owner._followers else error
                 owner._record(("next", self.index, [value]))
         else:
+            if asyncio.iscoroutine(value):
+                owner._emit(("error", self.index, self._coroutine_emitted(value)[1]))
+                return
             owner._emit(("next", self.index, [value]))
+
+    def _coroutine_emitted(self, value: Any) -> tuple[str, ConfigError]:
+        """The stage and the error for a coroutine the chain emitted (``ops.map(async_fn)``,
+        whose calls nobody would ever await); it fails the stage whatever its ``on_error``."""
+        return _coroutine_emitted(self.stage or self.owner, self.index, value)
 
     def on_error(self, error: Exception) -> None:
         self.owner._emit(("error", self.index, error))
 
     def on_completed(self) -> None:
         self.owner._emit(("completed", self.index, None))
+
+
+def _coroutine_emitted(stage: RxStream, index: int, value: Any) -> tuple[str, ConfigError]:
+    """The stage and the error for a coroutine a chain emitted on output ``index`` of
+    ``stage`` (``ops.map(async_fn)``, whose calls nobody would ever await); it fails the
+    stage whatever its ``on_error``."""
+    value.close()  # it will never run: no "never awaited" warning on top of the error
+    out = stage._outputs[stage.outs[index]]
+    error = ConfigError(
+        f"operator stage {out.stream_name!r} emitted a coroutine on output {out.name!r} "
+        f"({value.__qualname__}() was called, never awaited): an async function inside an "
+        "Rx operator (ops.map(async_fn)) is not awaited; use map_stream(async_fn) instead "
+        "(add concurrency= to run several calls at once)"
+    )
+    return out.stream_name, error
 
 
 class _ResumingCollector(_Collector):
@@ -511,7 +537,15 @@ class RxStream(Stream):
 
     def _collect_fast(self, results: list[Any]) -> None:
         """What the compiled chain emitted for one batch (never empty), as the collector's
-        ``on_next`` would have recorded it item by item."""
+        ``on_next`` would have recorded it item by item; like it, the first item of a run
+        must not be a coroutine (``ops.map(async_fn)``)."""
+        if self._tail_index != 0 and asyncio.iscoroutine(results[0]):
+            for value in results[1:]:  # made, never to run: no "never awaited" warnings
+                if asyncio.iscoroutine(value):
+                    value.close()
+            last = self._followers[-1] if self._followers else self
+            stage, error = _coroutine_emitted(last, 0, results[0])
+            raise FusedStageError(stage, error) if self._followers else error
         self._record(("next", 0, results))
 
     def _fast_failed(self, failed: tuple[int, Exception, Any], port: Input[Any], rest: Any) -> None:

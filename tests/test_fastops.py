@@ -573,3 +573,23 @@ def test_a_raw_exception_from_truthiness_fails_both_paths_alike() -> None:
             run_checked(workflow)
         assert isinstance(info.value.error, RuntimeError)
         assert (stage._fast is None) == rx_path
+
+
+@pytest.mark.parametrize("rx_path", [False, True])
+def test_a_coroutine_emitted_fails_both_paths_alike(rx_path: bool) -> None:
+    async def price(x: int) -> int:
+        return x
+
+    workflow = Workflow()
+    src = workflow.add_source(range(5))
+    first = _rx(operator(ops.filter(positive), name="positive", on_error="resume"))
+    second = _rx(operator(ops.map(price), name="price", on_error="resume"))
+    if rx_path:
+        first.require_rx_chain()
+    sink = workflow.add_stream(Collector())
+    src.pipe(workflow.add_stream(first)).pipe(workflow.add_stream(second)).pipe(sink)
+    with pytest.raises(StreamError, match=r"map_stream\(async_fn\)") as info:
+        run_checked(workflow)
+    assert info.value.stream == "price"
+    assert (first._fast is None) == rx_path
+    assert sink.stream.items == []
