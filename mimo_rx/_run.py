@@ -32,7 +32,7 @@ from ._unawaited import watching
 if TYPE_CHECKING:
     from ._ledger import Ledger
     from ._lineage import Holder
-    from ._step import Step
+    from ._step import Pipe, Step
     from ._workflow import Workflow
 
 
@@ -183,6 +183,9 @@ class Run:
         if roots:  # lineage only where an acknowledged source feeds (zero cost elsewhere)
             self.track(roots)
             self.ledgers = [root.ledger for root in roots]
+        late = [step.stream for step in wf.steps if step.stream._tracks_late]
+        for stream in downstream(late, wf.pipes):
+            stream._may_be_tracked()
         return steps
 
     def track(self, roots: Sequence[Stream], late: bool = False) -> None:
@@ -474,3 +477,17 @@ def _stream_error(name: str, exc: BaseException) -> StreamError:
         error = StreamError(name, exc)
     error.__cause__ = exc
     return error
+
+
+def downstream(roots: Sequence[Stream], pipes: Sequence[Pipe]) -> set[Stream]:
+    """The streams that ``roots`` feed, directly or through others (not the roots)."""
+    found: set[Stream] = set()
+    todo = list(roots)
+    while todo:
+        stream = todo.pop()
+        for pipe in pipes:
+            target = pipe.target.stream
+            if pipe.source.stream is stream and target not in found:
+                found.add(target)
+                todo.append(target)
+    return found

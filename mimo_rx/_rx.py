@@ -20,13 +20,14 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
 from ._errors import ConfigError, safe_repr
+from ._fastops import FastChain, Process, compile_chain
 from ._lineage import Tag, decref, incref, union
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
@@ -35,6 +36,7 @@ from ._stream import FusedStageError, Ports, Stream
 from ._supervision import Failure, check_on_error, report_failure, step_name
 
 _UNSET: Any = object()
+_FeedFn = Callable[[list[Input[Any]], list[Any]], bool]
 
 
 class _StageFailed(Exception):
@@ -238,22 +240,28 @@ class _Collector(rx_abc.ObserverBase[Any]):
     def _coroutine_emitted(self, value: Any) -> tuple[str, ConfigError]:
         """The stage and the error for a coroutine the chain emitted (``ops.map(async_fn)``,
         whose calls nobody would ever await); it fails the stage whatever its ``on_error``."""
-        value.close()  # it will never run: no "never awaited" warning on top of the error
-        stage = self.stage or self.owner
-        out = stage._outputs[stage.outs[self.index]]
-        error = ConfigError(
-            f"operator stage {out.stream_name!r} emitted a coroutine on output {out.name!r} "
-            f"({value.__qualname__}() was called, never awaited): an async function inside an "
-            "Rx operator (ops.map(async_fn)) is not awaited; use map_stream(async_fn) instead "
-            "(add concurrency= to run several calls at once)"
-        )
-        return out.stream_name, error
+        return _coroutine_emitted(self.stage or self.owner, self.index, value)
 
     def on_error(self, error: Exception) -> None:
         self.owner._emit(("error", self.index, error))
 
     def on_completed(self) -> None:
         self.owner._emit(("completed", self.index, None))
+
+
+def _coroutine_emitted(stage: RxStream, index: int, value: Any) -> tuple[str, ConfigError]:
+    """The stage and the error for a coroutine a chain emitted on output ``index`` of
+    ``stage`` (``ops.map(async_fn)``, whose calls nobody would ever await); it fails the
+    stage whatever its ``on_error``."""
+    value.close()  # it will never run: no "never awaited" warning on top of the error
+    out = stage._outputs[stage.outs[index]]
+    error = ConfigError(
+        f"operator stage {out.stream_name!r} emitted a coroutine on output {out.name!r} "
+        f"({value.__qualname__}() was called, never awaited): an async function inside an "
+        "Rx operator (ops.map(async_fn)) is not awaited; use map_stream(async_fn) instead "
+        "(add concurrency= to run several calls at once)"
+    )
+    return out.stream_name, error
 
 
 class _ResumingCollector(_Collector):
@@ -331,12 +339,43 @@ class RxStream(Stream):
         self._last_fed: tuple[Any, str | None] = (None, None)
         self._emitted = False  # lineage: the chain emitted while the current item was fed
         self._collectors: list[_Collector] = []
+        # The fast path (_fastops): the operator of an operator() stage (None for rx_stream),
+        # whether this stage must run the Rx chain anyway (require_rx_chain), the compiled
+        # chain of this run, and whether it failed (on_error="fail") or completed.
+        self._rx_op: Callable[[Any], Any] | None = None
+        self._rx_chain_required = False
+        self._fast: FastChain | None = None
+        self._fast_dead = False
+        self._fast_completed = False
 
     _resumes_itself = True  # the chain is subscribed anew in run()
 
     def _fuse(self, followers: list[Stream]) -> None:
         self._followers = [f for f in followers if isinstance(f, RxStream)]
         assert len(self._followers) == len(followers), "only operator streams fuse"
+
+    def require_rx_chain(self) -> None:
+        """Make this stage, and any chain fused with it, feed its items through the Rx
+        chain, never the compiled fast path (see ``_fast_chain``).
+
+        For wiring: a stage whose items are tracked (downstream of an acknowledged source,
+        contract section 12) needs the Rx chain's emissions to know what each one derives
+        from. Call it before the run starts (``Run._wire``), on the head or any follower.
+        """
+        self._rx_chain_required = True
+
+    _may_be_tracked = require_rx_chain  # an inlet upstream may start tracking mid-run
+
+    def _fast_chain(self) -> FastChain | None:
+        """The one decision point of the fast path, made once per run: the chain of this
+        stage and its fused followers compiled into plain Python (``_fastops``), or ``None``
+        to run the Rx chain, when any stage is an ``rx_stream``, uses an operator
+        ``_fastops`` does not know, or was told to ``require_rx_chain()``."""
+        stages = [self, *self._followers]
+        if any(s._rx_op is None or s._rx_chain_required for s in stages):
+            return None
+        links = [s._outputs[s.outs[0]] for s in stages[:-1]]
+        return compile_chain([s._rx_op for s in stages], links)
 
     def _emit(self, event: tuple[str, int, Any]) -> None:
         if self._loop_thread is None or threading.get_ident() == self._loop_thread:
@@ -419,10 +458,20 @@ class RxStream(Stream):
         last = self._followers[-1] if self._followers else self
         outputs = [last._outputs[name] for name in last.outs]
         if self._holder is not None:  # downstream of an acknowledged source: tagged items
+            self.require_rx_chain()  # lineage follows the Rx chain, not the compiled one
             self._feed = self._feed_tracked  # type: ignore[method-assign]
             self._push_run = self._push_run_tracked  # type: ignore[method-assign]
         tracking = self._holder is not None
-        feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+        self._fast = self._fast_chain()
+        # The same turns either way; the feeds are an Rx _Feed per input, or the process
+        # of the compiled chain.
+        subscribe: Callable[..., tuple[list[Any], list[rx_abc.DisposableBase]]]
+        feed: Callable[[list[Input[Any]], list[Any]], bool]
+        if self._fast is None:
+            subscribe, feed = self._subscribe, cast(_FeedFn, self._feed)
+        else:
+            subscribe, feed = self._subscribe_fast, cast(_FeedFn, self._feed_fast)
+        feeds, subscriptions = subscribe(len(inputs), outputs, scheduler)
         try:
             while True:
                 if not tracking and self._holder is not None:  # an inlet's send_and_wait
@@ -430,7 +479,7 @@ class RxStream(Stream):
                     self._start_tracking()
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
-                fed = self._feed(inputs, feeds)
+                fed = feed(inputs, feeds)
                 broken = False  # on_error="resume": the chain failed and is rebuilt
                 if self._caught is not None:
                     failed, self._caught = self._caught, None
@@ -445,7 +494,7 @@ class RxStream(Stream):
                 if broken:
                     for subscription in subscriptions:
                         subscription.dispose()
-                    feeds, subscriptions = self._subscribe(len(inputs), outputs, scheduler)
+                    feeds, subscriptions = subscribe(len(inputs), outputs, scheduler)
         finally:
             for subscription in subscriptions:
                 subscription.dispose()
@@ -481,6 +530,76 @@ class RxStream(Stream):
             for i, c in zip(live, self._collectors, strict=True)
         ]
         return feeds, subscriptions
+
+    def _subscribe_fast(
+        self,
+        count: int,
+        outputs: list[Output[Any]],
+        scheduler: rx_abc.SchedulerBase | None,
+    ) -> tuple[list[Process], list[rx_abc.DisposableBase]]:
+        """``_subscribe`` for the compiled chain: a fresh process (fresh operator state)."""
+        assert self._fast is not None and count == 1 and len(outputs) == 1
+        self._open_results = 0 if outputs[0].closed or self._fast_completed else 1
+        self._fed = 0
+        return [self._fast.start()], []
+
+    def _feed_fast(self, inputs: list[Input[Any]], feeds: list[Process]) -> bool:
+        """``_feed`` for the compiled chain: everything buffered goes through it at once.
+
+        What it emits joins the events as the collector's emissions do, in the same
+        order; a failure is handled as the Rx chain's observers handle it.
+        """
+        if self._open_results == 0:
+            return False
+        port = inputs[0]
+        if port._items:
+            batch = port._take_all()
+            if self._fast_dead:  # failed (on_error="fail"): a stopped Rx chain ignores items
+                return True
+            self._fed += len(batch)
+            self._last_fed = (batch[-1], port.name)
+            items = iter(batch)
+            results: list[Any] = []
+            failed = feeds[0](items, results.append)
+            if results:
+                self._collect_fast(results)
+            if failed is not None:
+                self._fast_failed(failed, port, items)
+            return True
+        if port._closed and not self._fast_completed and not self._fast_dead:
+            self._fast_completed = True
+            self._record(("completed", 0, None))
+            return True
+        return False
+
+    def _collect_fast(self, results: list[Any]) -> None:
+        """What the compiled chain emitted for one batch (never empty), as the collector's
+        ``on_next`` would have recorded it item by item; like it, the first item of a run
+        must not be a coroutine (``ops.map(async_fn)``)."""
+        if self._tail_index != 0 and asyncio.iscoroutine(results[0]):
+            for value in results[1:]:  # made, never to run: no "never awaited" warnings
+                if asyncio.iscoroutine(value):
+                    value.close()
+            last = self._followers[-1] if self._followers else self
+            stage, error = _coroutine_emitted(last, 0, results[0])
+            raise FusedStageError(stage, error) if self._followers else error
+        self._record(("next", 0, results))
+
+    def _fast_failed(self, failed: tuple[int, Exception, Any], port: Input[Any], rest: Any) -> None:
+        """A user function of the compiled chain raised: as ``_feed`` and the observers do."""
+        index, error, item = failed
+        stage = ([self, *self._followers])[index]
+        if self._on_error == "resume":
+            port._give_back(list(rest))  # not fed: stays buffered
+            caught = _StageFailed(stage, error)
+            caught.item, caught.port = item, (port.name if index == 0 else "x")
+            self._last_fed = (item, caught.port)
+            self._caught = caught
+        else:  # the rest of the batch is lost in the stopped chain, as with Rx
+            self._fast_dead = True
+            if self._failed_stage is None:
+                self._failed_stage = stage._outputs[stage.outs[0]].stream_name
+            self._record(("error", 0, error))
 
     async def _resume(self, failed: _StageFailed, outputs: list[Output[Any]]) -> None:
         """Report ``failed`` as a Failure, or fail the run if nothing was fed since the
@@ -730,6 +849,7 @@ def operator(op: Callable[[Any], Any], name: str | None = None, on_error: str = 
         lambda x: x.pipe(op), ins=["x"], outs=["y"], name=name or "operator", on_error=on_error
     )
     stream._fusable = True
+    stream._rx_op = op  # a chain of known operators runs compiled (_fastops)
     return stream
 
 

@@ -64,6 +64,7 @@ class InletStream(Stream):
 
     OUT = ("out",)
     _external = True
+    _tracks_late = True  # send_and_wait tracks what it sends from its first call on
 
     def __init__(self, name: str) -> None:
         super().__init__(name=name)

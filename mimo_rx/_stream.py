@@ -135,6 +135,14 @@ class Stream:
     # What the stream holds (contract section 12, _lineage.Holder): set by the run only on
     # streams downstream of an acknowledged source.
     _holder: Any = None
+    # Whether the run may start tracking lineage from this stream while it runs (an inlet, at
+    # its first send_and_wait): the streams downstream must be ready for it (_run.Run._wire).
+    _tracks_late: bool = False
+
+    def _may_be_tracked(self) -> None:
+        """The run may track this stream's lineage once it has started (it is downstream
+        of an inlet): a stream that can only follow lineage in some of its modes picks that
+        one now (an operator stage keeps the Rx chain). Nothing to do for most streams."""
 
     def __init__(
         self,
