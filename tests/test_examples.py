@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -101,8 +102,9 @@ def test_metrics_endpoint_serves_prometheus_metrics_while_it_runs_then_stops_on_
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    options = ["--port", "0", "--seconds", "1", "--linger", "0"]
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "1"],
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), *options],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -120,3 +122,97 @@ def test_metrics_endpoint_serves_prometheus_metrics_while_it_runs_then_stops_on_
     assert process.returncode == 0
     final = re.search(r"^final: (\d+) orders, (\d+) stored", rest, re.MULTILINE)
     assert final is not None and final.group(1) == final.group(2) != "0", rest
+
+
+def start_metrics_endpoint(*args: str) -> tuple[Any, str]:
+    """Start examples/metrics_endpoint.py on a free port; return the process and its URL."""
+    import re
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = re.fullmatch(r"serving (http://\S+/metrics)\n", process.stdout.readline())
+    assert url is not None
+    return process, url.group(1)
+
+
+def scrape_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_endpoint_serves_the_final_counts_for_a_scrape_interval_after_the_run() -> None:
+    """Issue 21, defect 4: after the run the endpoint lingers, so a last scrape sees every
+    stream done and the final counts; SIGTERM during the linger ends it at once."""
+    import re
+    import signal
+    import time
+
+    process, url = start_metrics_endpoint("--seconds", "1", "--linger", "30")
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        while line.startswith("alert: "):  # the Rx alert on pauses, during the run
+            line = process.stdout.readline()
+        final = re.match(r"final: (\d+) orders, (\d+) stored", line)
+        assert final is not None, line
+        lingering = process.stdout.readline()
+        assert lingering.startswith("serving the final counts for 30 s more"), lingering
+        samples = scrape_samples(url)
+        for stream in ("orders", "enrich", "store"):
+            labels = frozenset({"workflow": "orders", "stream": stream, "status": "done"}.items())
+            assert samples[("mimo_rx_stream_status", labels)] == 1.0
+        store = frozenset({"workflow": "orders", "stream": "store", "port": "x"}.items())
+        assert samples[("mimo_rx_input_taken_total", store)] == int(final.group(2))
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=20)
+        assert time.monotonic() - started < 10  # not the 30 s linger
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    assert rest == ""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_metrics_endpoint_prints_its_final_line_on_sigterm_and_ctrl_c(signum: str) -> None:
+    """SIGTERM drains the run (stored == orders), Ctrl-C cancels it; both print the final
+    line, and only the drained run lingers (here for 0 s)."""
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    process, url = start_metrics_endpoint("--seconds", "60", "--linger", "0")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # the run is going on
+            assert response.status == 200
+        time.sleep(0.5)
+        process.send_signal(getattr(signal, signum))
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    final = re.search(r"^final: (\d+) orders, (\d+) stored.*; (\w+)$", rest, re.MULTILINE)
+    assert final is not None, rest
+    orders, stored, status = int(final.group(1)), int(final.group(2)), final.group(3)
+    assert orders > 0
+    if signum == "SIGTERM":
+        assert (stored, status) == (orders, "done")
+    else:
+        assert status == "cancelled"
