@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import subprocess
 import sys
 import threading
@@ -378,3 +379,32 @@ def test_no_counter_read_from_another_thread_ever_decreases() -> None:
     assert reader.broken == []
     assert len(on_loop) > 10
     assert [b for snapshot in on_loop for b in identity_breaks(snapshot)] == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_the_exposition_passes_promtool_check_metrics_before_during_and_after_a_run() -> None:
+    """Prometheus's own linter (promtool, from the system package ``prometheus``) accepts
+    the exposition of two instrumented workflows at every stage of a run."""
+    wf = Workflow(buffer_size=2)
+    orders = wf.add_inlet("orders")
+    orders.pipe(wf.add_stream(Collector()))
+    registry = CollectorRegistry()
+    mimo_rx.prometheus.instrument(wf, name="live", registry=registry)
+    mimo_rx.prometheus.instrument(busy_workflow(), name="idle", registry=registry)
+    texts = [generate_latest(registry).decode()]
+
+    async def main() -> None:
+        async with wf.running():
+            for n in range(5):
+                await orders.send(n)
+            texts.append(await asyncio.to_thread(lambda: generate_latest(registry).decode()))
+
+    run_checked(main(), workflows=[wf])
+    texts.append(generate_latest(registry).decode())
+    for text in texts:
+        result = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    running = 'mimo_rx_stream_status{status="running",stream="sink",workflow="live"} 1.0'
+    assert running in texts[1]  # scraped from another thread during the run
