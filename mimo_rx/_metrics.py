@@ -307,26 +307,28 @@ class Highest:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, ...], float] = {}
+        self._seen: dict[str, Any] = {}  # shaped like the snapshots: counters at the leaves
 
     def clamp(self, snapshot: Snapshot) -> Snapshot:
         """Clamp every counter of ``snapshot`` (in place) and return it."""
         with self._lock:
-            self._walk(snapshot, ())
+            _clamp(snapshot, self._seen)
         return snapshot
 
-    def _walk(self, node: dict[str, Any], path: tuple[str, ...]) -> None:
-        seen = self._seen
-        for key, value in node.items():
-            if isinstance(value, dict):
-                self._walk(value, (*path, key))
-            elif key in COUNTERS and isinstance(value, int | float):
-                where = (*path, key)
-                highest = seen.get(where)
-                if highest is not None and value < highest:
-                    node[key] = highest
-                else:
-                    seen[where] = value
+
+def _clamp(node: dict[str, Any], seen: dict[str, Any]) -> None:
+    for key, value in node.items():
+        if type(value) is dict:  # a port or a stream may be named like a counter
+            inner = seen.get(key)
+            if inner is None:
+                inner = seen[key] = {}
+            _clamp(value, inner)
+        elif key in COUNTERS:
+            highest = seen.get(key)
+            if highest is not None and value < highest:
+                node[key] = highest
+            else:
+                seen[key] = value
 
 
 class _Ticker:

@@ -576,3 +576,21 @@ def test_stats_from_another_thread_answers_within_about_a_second_while_the_loop_
     assert 0.9 <= waited <= 2.0  # LOOP_READ_TIMEOUT_S, not the whole block
     assert snapshot["streams"]["blocker"]["outputs"]["out"]["pushed"] == 3
     assert snapshot["streams"]["blocker"]["status"] == "running"
+
+
+def test_ports_and_streams_named_like_counters_keep_their_stats() -> None:
+    """stats() clamps its counters by key; a port called ``taken`` is a port, not a counter."""
+
+    async def forward(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.taken:
+            await outs.pushed.push(item)
+
+    wf = Workflow()
+    src = wf.add_stream(source(range(5), name="received", out="pushed"))
+    mid = wf.add_stream(Stream(["taken"], ["pushed"], fn=forward, name="failures"))
+    src.pipe(mid).pipe(wf.add_stream(Collector(port="pushed")))
+    run_checked(wf)
+    for _ in range(2):  # the second read is clamped against the first
+        streams = wf.stats()["streams"]
+        assert streams["failures"]["inputs"]["taken"]["taken"] == 5
+        assert streams["received"]["outputs"]["pushed"] == {"pushed": 5}
