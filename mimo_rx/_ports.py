@@ -241,10 +241,13 @@ class Input(Generic[T]):
         """Items the stream took: whatever was received and is not dropped, discarded or
         still buffered (derived, so that ``pop`` counts nothing).
 
-        Read from another thread while the run goes on, it may count a few items short, never
+        Read from another thread while the run goes on, it may count a few items short, not
         over: ``received`` is read first and every write counts an item in ``buffered``,
         ``dropped`` or ``discarded`` before ``received`` counts it, and in ``dropped`` or
-        ``discarded`` before it leaves ``buffered`` (``Workflow.stats()`` reads on the loop).
+        ``discarded`` before it leaves ``buffered``. (One exception: an Rx operator stage whose
+        chain fails or completes mid-batch gives the rest of the batch back with
+        ``_give_back``; a read in between counted it taken.) ``Workflow.stats()`` reads on
+        the loop, where none of this applies.
         """
         received = self.received
         buffered = self.buffered
