@@ -17,7 +17,7 @@ last scrape sees how the run ended: a server that stops with the run leaves Prom
 the counts of up to one interval before the end. SIGTERM drains the run (the source stops,
 what it produced flows on) and still prints the final line and lingers; a SIGTERM or Ctrl-C
 during the linger ends it at once. Ctrl-C during the run cancels it, prints the final line
-(``cancelled``) and exits without lingering.
+(``final (interrupted)``) and exits with status 130 without lingering.
 
 Run it: ``python examples/metrics_endpoint.py --port 8000 --seconds 30`` and, meanwhile,
 ``curl -s 127.0.0.1:8000/metrics | grep mimo_rx_input``. Needs ``mimo_rx[prometheus]``.
@@ -27,14 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from types import FrameType
 from typing import Any
 
 import reactivex.operators as ops
-from prometheus_client import CollectorRegistry, start_http_server
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+except ImportError:  # an optional dependency: say which extra brings it
+    sys.exit('metrics_endpoint.py needs prometheus_client: pip install -e ".[prometheus]"')
 
 import mimo_rx.prometheus
 from mimo_rx import Stream, Workflow, map_stream
@@ -107,7 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workflow = build(args.seconds)
     registry = CollectorRegistry()  # the default REGISTRY would also show Python's own metrics
     mimo_rx.prometheus.instrument(workflow, name="orders", registry=registry)
-    server, thread = start_http_server(args.port, addr="127.0.0.1", registry=registry)
+    try:
+        server, thread = start_http_server(args.port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"port {args.port} is busy: choose another, or --port 0 for a free one")
     print(f"serving http://127.0.0.1:{server.server_port}/metrics", flush=True)
 
     # An alert with Rx: how many times per second a producer was paused by a full input.
@@ -116,10 +127,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ops.buffer_with_time(1.0),
         ops.filter(len),
     ).subscribe(lambda pauses: print(f"alert: {len(pauses)} pauses into {pauses[0]['target']}"))
+    interrupted = False
     try:
         try:
-            workflow.run()  # SIGTERM drains and returns; Ctrl-C cancels and raises
-            interrupted = False
+            workflow.run()  # SIGTERM drains the run and it returns; Ctrl-C cancels it
         except KeyboardInterrupt:
             interrupted = True
         stats = workflow.stats()["streams"]
@@ -127,11 +138,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "orders": stats["orders"]["outputs"]["out"]["pushed"],
             "stored": stats["store"]["inputs"]["x"]["taken"],
             "paused_s": stats["enrich"]["inputs"]["x"]["paused_s"],
-            "status": "cancelled" if interrupted else "done",
         }
+        label = "final (interrupted)" if interrupted else "final"
         print(
-            f"final: {report['orders']} orders, {report['stored']} stored, source paused "
-            f"{report['paused_s']:.2f} s by the slow enrich stage; {report['status']}",
+            f"{label}: {report['orders']} orders, {report['stored']} stored, source paused "
+            f"{report['paused_s']:.2f} s by the slow enrich stage",
             flush=True,
         )
         if not interrupted:
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+    if interrupted:
+        sys.exit(130)  # the shell's code for Ctrl-C
     return report
 
 

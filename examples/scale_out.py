@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -88,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
             return run(pool, "a local process pool (2 processes)")
 
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # an optional dependency: say which extra brings it
+        sys.exit('--dask and --scheduler need Dask: pip install -e ".[dask]"')
 
     if args.scheduler:
         with Client(args.scheduler) as client:

@@ -41,7 +41,9 @@ four-step graph per request, which is small next to a streamed upload.
 
 Run it: ``python examples/web_service.py --port 8080`` (``--port 0`` picks a free port; the
 first line printed is ``listening on http://127.0.0.1:PORT``), then for example
-``curl -X POST -T orders.ndjson -H 'Transfer-Encoding: chunked' http://127.0.0.1:8080/process``.
+``curl -X POST -T examples/orders.ndjson -H 'Transfer-Encoding: chunked'
+http://127.0.0.1:8080/process`` (``examples/orders.ndjson`` is a sample upload, with one
+malformed line).
 ``python examples/web_service.py --self-test`` runs a short client against itself.
 Needs the extra ``mimo_rx[web]`` (aiohttp).
 """
@@ -51,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import signal
@@ -61,7 +64,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import reactivex.operators as ops
-from aiohttp import ClientSession, StreamReader, web
+
+try:
+    from aiohttp import ClientSession, StreamReader, web
+except ImportError:  # an optional dependency: say which extra brings it
+    sys.exit('web_service.py needs aiohttp: pip install -e ".[web]"')
 
 from mimo_rx import ClosedError, MimoError, Workflow, map_stream, operator
 
@@ -415,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(self_test())
         return 0 if report["returned_once"] and report["errors"] == report["uploads"] else 1
     service = Service(args.delay, args.concurrency, args.buffer_size)
-    asyncio.run(serve(args.port, service))
+    try:
+        asyncio.run(serve(args.port, service))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"port {args.port} is busy: choose another, or --port 0 for a free one")
     return 0
 
 

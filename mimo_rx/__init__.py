@@ -14,6 +14,7 @@ from ._errors import (
     DeadlockError,
     EndOfStream,
     MimoError,
+    MissingAwaitError,
     PipeError,
     SourceOverflowError,
     StreamError,
@@ -24,9 +25,10 @@ from ._errors import (
 from ._ports import Input, Output
 from ._rx import operator, rx_stream
 from ._service import Inlet, Outlet
+from ._step import Step
 from ._stream import Stream
 from ._supervision import Failure
-from ._workflow import Step, Workflow
+from ._workflow import Workflow
 
 __all__ = [
     "AckSource",
@@ -39,6 +41,7 @@ __all__ = [
     "Inlet",
     "Input",
     "MimoError",
+    "MissingAwaitError",
     "Outlet",
     "Output",
     "PipeError",

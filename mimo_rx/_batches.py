@@ -68,23 +68,40 @@ class IterChunks(Generic[T]):
 
     ``exhausted`` pulls one item ahead (the item a ``for`` loop of pushes would be waiting
     to push), so that a call whose last chunk filled a buffer returns instead of waiting.
+
+    When the iterator raises partway through a chunk, the items pulled before are still
+    returned (a loop of pushes would have delivered them); the exception is raised by the
+    next ``take`` or ``exhausted``.
     """
 
-    __slots__ = ("_ahead", "_iterator")
+    __slots__ = ("_ahead", "_error", "_iterator")
 
     def __init__(self, iterator: Iterator[T]) -> None:
         self._iterator = iterator
         self._ahead: list[T] = []
+        self._error: Exception | None = None
 
     def take(self, room: int) -> list[T]:
         """The next ``room`` items (fewer at the end)."""
-        if self._ahead:
-            chunk, self._ahead = self._ahead, []
-            chunk.extend(itertools.islice(self._iterator, room - 1))
-            return chunk
-        return list(itertools.islice(self._iterator, room))
+        self._raise_pending()
+        chunk, self._ahead = self._ahead, []
+        try:
+            # extend appends each item as it is pulled: what came before an error stays.
+            chunk.extend(itertools.islice(self._iterator, room - len(chunk)))
+        except Exception as exc:
+            if not chunk:
+                raise
+            self._error = exc  # deliver what was pulled first, as successive pushes would
+        return chunk
 
     def exhausted(self) -> bool:
+        self._raise_pending()
         if not self._ahead:
             self._ahead = list(itertools.islice(self._iterator, 1))
         return not self._ahead
+
+    def _raise_pending(self) -> None:
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error

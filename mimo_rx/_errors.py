@@ -5,6 +5,7 @@
     MimoError                       base of everything below; catch this to catch them all
     ├── EndOfStream                 an input is closed and drained (a signal, not a fault)
     ├── ClosedError                 push() on a closed output, send() on a closed inlet
+    ├── MissingAwaitError           push()/push_many()/send() called without await
     ├── WouldBlock                  inlet.send_nowait() could not deliver without waiting
     ├── ConfigError (ValueError)    a graph that is built wrong: bad port name, bad buffer size
     │   └── PipeError               pipe() cannot decide or is not allowed which ports to connect
@@ -20,6 +21,16 @@ also kept as attributes (``stream``, ``port``) so programs need not parse messag
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+_FULL = re.compile(r"\d+/\d+ full\)")
 
 
 class MimoError(Exception):
@@ -54,6 +65,35 @@ class ClosedError(MimoError):
             message
             or f"output {port!r} of stream {stream!r} is closed; "
             "push every item before calling close() (or before run() returns)"
+        )
+
+
+class MissingAwaitError(MimoError):
+    """``push()``, ``push_many()`` or an inlet's ``send()`` was called without ``await``.
+
+    Such a call only makes a coroutine: nothing is delivered. When the coroutine is dropped
+    during a run, the run fails with a ``StreamError`` naming the stream whose port it was,
+    with this error as ``__cause__`` (the run would otherwise end "successfully" with items
+    missing).
+
+    Attributes:
+        stream: the step name of the stream (or inlet) the port belongs to.
+        port: the output port's name.
+    """
+
+    def __init__(self, stream: str, port: str, method: str, *, inlet: bool = False) -> None:
+        self.stream = stream
+        self.port = port
+        arg = "items" if method == "push_many" else "item"
+        if inlet:
+            where = f"inlet {stream!r} (output {port!r})"
+            fix = f"await inlet.{method}({arg})"
+        else:
+            where = f"output {port!r} of stream {stream!r}"
+            fix = f"await outs.{port}.{method}({arg})"
+        super().__init__(
+            f"{where}: {method}() was called without await, so nothing was delivered; "
+            f"add `await`: `{fix}`"
         )
 
 
@@ -99,7 +139,7 @@ class StreamError(MimoError):
         self.stream = stream
         self.error = error
         self.errors: list[StreamError] = [self]
-        MimoError.__init__(self, f"stream {stream!r} failed: {type(error).__name__}: {error}")
+        MimoError.__init__(self, f"stream {stream!r} failed: {describe(error)}")
 
 
 class BufferOverflowError(MimoError):
@@ -158,11 +198,23 @@ class DeadlockError(MimoError):
         self.waits = waits
         self.errors: list[StreamError] = []  # streams that failed while the graph shut down
         detail = "\n  ".join(waits)
+        # A wait on a full buffer reads "... (4/4 full)" (Output._describe_wait).
+        if any(_FULL.search(line) for line in waits):
+            advice = (
+                "Give the full buffers more room (buffer_size on pipe() or Stream), or read the "
+                "inputs in an order that does not depend on a full sibling buffer."
+            )
+        else:
+            advice = (
+                "No buffer is full, so more room would not help: each stream waits for an item "
+                "that only another waiting stream would send (a cycle of empty inputs). Put a "
+                "first item into the cycle (a source or an inlet piped into it, or a stream "
+                "that pushes before it pops), or close an output so that the streams reading "
+                "it see end of stream."
+            )
         super().__init__(
             "deadlock: every running stream is waiting and none of the waits can be "
-            f"satisfied:\n  {detail}\n"
-            "Give the full buffers more room (buffer_size on pipe() or Stream), or read the "
-            "inputs in an order that does not depend on a full sibling buffer."
+            f"satisfied:\n  {detail}\n{advice}"
         )
 
 
@@ -174,3 +226,64 @@ class WorkflowCancelled(MimoError):
         self.port = port
         where = f" before output {port!r} of stream {stream!r} closed" if port else ""
         super().__init__(f"the workflow was cancelled{where}")
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of ``error`` for a report, even when its ``__str__`` raises."""
+    name = type(error).__name__
+    try:
+        text = str(error)
+    except Exception as exc:  # formatting user objects must not lose the error itself
+        text = f"<str() raised {type(exc).__name__}>"
+    return f"{name}: {text}"
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a stand-in naming its type when that ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<{type(value).__name__} object; repr() raised {type(exc).__name__}>"
+
+
+# -- how errors and warnings present themselves to users -----------------------------------
+
+# Shown as ``mimo_rx.PipeError`` in tracebacks and reprs (and pickled under the name users
+# import), not under the private module that defines them.
+for _error in (
+    MimoError,
+    EndOfStream,
+    ClosedError,
+    MissingAwaitError,
+    WouldBlock,
+    ConfigError,
+    PipeError,
+    WorkflowError,
+    StreamError,
+    BufferOverflowError,
+    SourceOverflowError,
+    DeadlockError,
+    WorkflowCancelled,
+):
+    _error.__module__ = "mimo_rx"
+
+# Frames of these files stand between a user's call and mimo_rx's code (an event loop running
+# start(), an async context manager): a warning skips them, as it skips mimo_rx's own.
+_PLUMBING = (
+    str(Path(__file__).resolve().parent) + os.sep,  # mimo_rx
+    str(Path(asyncio.__file__).resolve().parent) + os.sep,
+    str(Path(contextlib.__file__).resolve()),
+)
+
+
+def warn_user(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame up the stack outside
+    mimo_rx, asyncio and contextlib (``workflow.run()``, ``await workflow.start()``...)."""
+    frame = sys._getframe(1)  # the caller: stacklevel 2
+    level = 2
+    while frame.f_back is not None:
+        if not str(Path(frame.f_code.co_filename).resolve()).startswith(_PLUMBING):
+            break
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

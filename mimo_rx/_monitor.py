@@ -59,9 +59,19 @@ if TYPE_CHECKING:
 
 
 class WaitSite(Protocol):
-    """What a parked wait is waiting on: it can say so in a deadlock report."""
+    """What a parked wait is waiting on (a port, or several inputs waited on together).
 
-    def _describe_wait(self) -> str: ...
+    The ports implement it, so this module never needs to know their classes: imports flow
+    one way, from the ports to the monitor.
+    """
+
+    def _describe_wait(self) -> str:
+        """The wait, for a deadlock report."""
+        ...
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        """Can a step outside ``stuck`` end a wait here (or will it end by itself)?"""
+        ...
 
 
 # (what, port, future): a wait in progress, e.g. ("pop()", an Input, the future it awaits).
@@ -274,22 +284,7 @@ def _describe(step_name: str, wait: Wait) -> str:
 
 def _can_end(wait: Wait, candidates: set[StepRuntime]) -> bool:
     """Can a step outside ``candidates`` end ``wait`` (or will it end by itself)?"""
-    from ._ports import AnyInput, Input, Output
-
-    site = wait[1]
-    if isinstance(site, Output):
-        # A push waits until every full input has room: each full input's consumer must move.
-        consumers = {t._rt for t in site.targets if not t._has_room() and not t._finished}
-        return not consumers or consumers.isdisjoint(candidates)
-    if isinstance(site, Input):
-        inputs = [site]
-    elif isinstance(site, AnyInput):
-        inputs = site.inputs
-    else:
-        return True  # a wait this analysis does not know: assume it can end
-    # An empty input gets an item (or its end) from any feeder that can move.
-    feeders = {out._rt for inp in inputs for out in inp._upstreams if not out.closed}
-    return not feeders or not feeders <= candidates
+    return wait[1]._wait_can_end(candidates)
 
 
 def deadlocked(candidates: list[StepRuntime]) -> list[StepRuntime]:

@@ -45,6 +45,7 @@ from reactivex.subject import Subject
 from ._batches import Batches, IterChunks, SliceChunks
 from ._errors import BufferOverflowError, ClosedError, ConfigError, EndOfStream, MimoError
 from ._monitor import StepRuntime
+from ._unawaited import recognise
 
 T = TypeVar("T")
 
@@ -441,6 +442,15 @@ class Input(Generic[T]):
         state = "closed" if self._closed else "empty" if not self._items else "has items"
         return f"input {self.name!r} ({state}, {len(self._items)}/{self.threshold} buffered)"
 
+    def _feeding_steps(self) -> set[StepRuntime]:
+        """The steps that can still push here (through an open output)."""
+        return {out._rt for out in self._upstreams if not out.closed}
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # An empty input gets an item (or its end) from any feeder that can move.
+        feeders = self._feeding_steps()
+        return not feeders or not feeders <= stuck
+
     def _configure(self, threshold: int, upstreams: int, runtime: StepRuntime) -> None:
         self.threshold = threshold
         self._low = threshold // 2
@@ -458,6 +468,11 @@ class AnyInput:
 
     def _describe_wait(self) -> str:
         return "any of " + ", ".join(port._describe_wait() for port in self.inputs)
+
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # Any feeder of any of the inputs that can move ends the wait.
+        feeders = set().union(*(port._feeding_steps() for port in self.inputs))
+        return not feeders or not feeders <= stuck
 
 
 class _DiscardSink(deque[T]):
@@ -559,10 +574,13 @@ class Output(Subject[T]):
 
     def _refresh_fast_path(self) -> None:
         """Enable ``push``'s one-comparison path only where it needs to do nothing else:
-        exactly one connected input, whose stream has not finished, no Rx subscriber, and
-        the output still open. Connecting and a consumer finishing recompute it; closing and
-        subscribing clear ``_fast_target`` themselves (an unsubscribe does not re-enable it)."""
-        fast = len(self.targets) == 1 and not self.closed and not self.observers
+        exactly one connected input, whose stream has not finished, no lossy pipe, no Rx
+        subscriber, and the output still open. Connecting and a consumer finishing recompute
+        it; closing and subscribing clear ``_fast_target`` themselves (an unsubscribe does not
+        re-enable it). Code that inlines the fast path (``InletStream.send``) relies on
+        ``_fast_target`` being ``None`` whenever ``push`` has more to do, also when ``push``
+        is swapped for a variant (``_use_lossy_push``)."""
+        fast = len(self.targets) == 1 and not self._lossy and not self.closed and not self.observers
         target = self.targets[0] if fast else None
         self._fast_target = None if target is None or target._finished else target
 
@@ -840,6 +858,11 @@ class Output(Subject[T]):
         ]
         return f"output {self.name!r} -> " + ", ".join(full or ["(no full input)"])
 
+    def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
+        # A push waits until every full input has room: each full input's consumer must move.
+        consumers = {t._rt for t in self.targets if not t._has_room() and not t._finished}
+        return not consumers or consumers.isdisjoint(stuck)
+
     def __repr__(self) -> str:
         return f"<Output {self.stream_name}.{self.name} -> {len(self.targets)} inputs>"
 
@@ -865,3 +888,9 @@ class _SwitchedInputs(rx_abc.ObserverBase[T]):
 
     def on_completed(self) -> None:
         pass  # close() has closed the inputs
+
+
+# A push or push_many called without await fails the run (see _unawaited), also through the
+# variants an output with lossy pipes uses.
+recognise("push", Output.push, Output._push_lossy)
+recognise("push_many", Output.push_many, Output._push_many_lossy)

@@ -33,8 +33,9 @@ import asyncio
 import os
 import sys
 import time
-import warnings
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import warn_user
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -88,7 +89,7 @@ def start_progress(workflow: Workflow) -> ProgressHandle:
     try:
         import rich  # noqa: F401
     except ImportError:
-        warnings.warn(MISSING_RICH, RuntimeWarning, stacklevel=2)
+        warn_user(MISSING_RICH)
         return _NoProgress()
     return _LiveProgress(workflow)
 
@@ -157,9 +158,7 @@ class _LiveProgress:
         except Exception as exc:
             self._failure = self._failure or exc
         if self._failure is not None:
-            warnings.warn(
-                f"the progress display stopped: {self._failure!r}", RuntimeWarning, stacklevel=2
-            )
+            warn_user(f"the progress display stopped: {self._failure!r}")
         if cancelled:
             raise asyncio.CancelledError
 

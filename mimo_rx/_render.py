@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._workflow import Pipe, Step, Workflow
+    from ._step import Pipe, Step
+    from ._workflow import Workflow
 
 # Node fill and border per status (the same palette in both formats).
 _STATUS_COLOURS = {

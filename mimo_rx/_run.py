@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ._errors import (
     BufferOverflowError,
     DeadlockError,
+    MissingAwaitError,
     SourceOverflowError,
     StreamError,
     WorkflowCancelled,
@@ -25,9 +26,16 @@ from ._errors import (
 )
 from ._monitor import Monitor, StepRuntime, current_step, track_spawned_tasks
 from ._stream import FusedStageError, UserStopIteration
+from ._unawaited import watching
 
 if TYPE_CHECKING:
-    from ._workflow import Step, Workflow
+    from ._step import Step
+    from ._workflow import Workflow
+
+
+# How long a stream cancelled by a failing or cancelled run has before it is cancelled again
+# (if it swallowed the first cancellation); the run's cancel_timeout still bounds the whole.
+RECANCEL_S = 0.1
 
 
 class Run:
@@ -42,6 +50,7 @@ class Run:
         self.failures: list[StreamError] = []
         self.remaining = 0
         self.begun = 0  # step tasks that have started
+        self.started: set[Step] = set()  # steps whose task has taken its first step
         self.chains: dict[Step, list[Step]] = {}
         self.stopping = False  # workflow.stop(): sources stop, the rest drains
         self.graceful: set[Step] = set()  # sources cancelled by stop(): that is their return
@@ -64,7 +73,11 @@ class Run:
             def cancel(step: Step = step, task: asyncio.Task[None] = task) -> None:
                 if not task.done():
                     self.graceful.add(step)
-                    task.cancel()
+                    # A task cancelled before its first step would never run _run_step (no
+                    # status, no count, no close): one not started yet sees ``graceful``
+                    # when it starts and returns at once instead.
+                    if step in self.started:
+                        task.cancel()
 
             step.stream._stop_source(cancel)
 
@@ -163,7 +176,8 @@ class Run:
         untrack = track_spawned_tasks(self.loop)
         error: BaseException | None = None
         try:
-            await self._supervise(steps)
+            with watching(self._missing_await):
+                await self._supervise(steps)
         except BaseException as exc:
             error = exc
             raise
@@ -214,11 +228,13 @@ class Run:
         for member in group:
             member.status = "running"
         self.begun += 1
+        self.started.add(step)
         if self.begun == len(self.tasks):
             self.workflow._begun_event().set()
         try:
             try:
-                await step.stream._execute()
+                if step not in self.graceful:  # else stop() came before this first step
+                    await step.stream._execute()
             except asyncio.CancelledError:
                 if step not in self.graceful or self.stop.done():
                     raise
@@ -231,10 +247,12 @@ class Run:
                 for out in member.stream._outputs.values():
                     out.close()
         except asyncio.CancelledError:
-            for member in group:
-                member.status = "cancelled"
+            for member in group:  # a step failed from outside (_fail) keeps "failed"
+                member.status = "failed" if member.error is not None else "cancelled"
             raise
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise  # asyncio hands these to the loop's caller: they end the program, not a stream
+        except BaseException as exc:  # GeneratorExit, a framework's abort...: never swallowed
             failed = step
             if isinstance(exc, FusedStageError):
                 failed = next(m for m in group if m.name == exc.step_name)
@@ -245,7 +263,7 @@ class Run:
             self._stop()
         else:
             for member in group:
-                member.status = "done"
+                member.status = "failed" if member.error is not None else "done"
         finally:
             for member in group:
                 member.stream._finish_inputs()
@@ -253,6 +271,36 @@ class Run:
             self.remaining -= 1
             if self.remaining == 0:
                 self._stop()
+
+    def _missing_await(self, owner: object, method: str) -> bool:
+        """A coroutine of ``method`` (push, push_many, send) called on ``owner`` was dropped
+        without being awaited (see ``_unawaited``): when ``owner`` is a port of this run, fail
+        the step it belongs to. Called from any thread, in the middle of the code that
+        dropped the coroutine."""
+        for step in self.workflow.steps:
+            stream = step.stream
+            if owner is stream or owner is step:  # an inlet's send()
+                error = MissingAwaitError(step.name, stream.outs[0], method, inlet=True)
+                break
+            port = next((n for n, out in stream._outputs.items() if out is owner), None)
+            if port is not None:
+                error = MissingAwaitError(step.name, port, method)
+                break
+        else:
+            return False
+        if asyncio._get_running_loop() is self.loop:
+            self._fail(step, error)
+        else:
+            self.call_soon(lambda: self._fail(step, error))
+        return True
+
+    def _fail(self, step: Step, error: Exception) -> None:
+        """Fail ``step`` from outside its task (its task is cancelled with the others)."""
+        if step.error is None:
+            step.error = error
+            step.status = "failed"
+            self.failures.append(_stream_error(step.name, error))
+        self._stop()
 
     def _stop(self) -> None:
         if not self.stop.done():
@@ -276,17 +324,26 @@ class Run:
             task.cancel()
         pending = {t for t in tasks if not t.done()}
         grace = self.workflow.cancel_timeout
-        deadline = self.loop.time() + grace
+        now = self.loop.time()
+        deadline = now + grace
+        # A stream that swallowed the cancellation (``except CancelledError: pass``, a
+        # library that retries on it) is cancelled again soon, as pressing Ctrl-C twice
+        # would, rather than after the whole grace period; only one that swallows every
+        # cancellation is left to the grace period and named in the WorkflowError.
+        recancel = now + min(RECANCEL_S, grace / 2)
         while pending:
-            timeout = deadline - self.loop.time()
+            timeout = min(recancel, deadline) - self.loop.time()
             if timeout <= 0:
-                break
+                if recancel >= deadline:
+                    break
+                recancel = deadline
+                for task in pending:
+                    task.cancel()
+                continue
             try:
                 _, pending = await asyncio.wait(pending, timeout=timeout)
             except asyncio.CancelledError:
                 continue  # cancelled again while cleaning up: finish cleaning up first
-            for task in pending:
-                task.cancel()
         retrieve_exceptions(tasks)
         self._terminate_subscribers(reason)
         if pending:

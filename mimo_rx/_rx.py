@@ -26,7 +26,7 @@ from reactivex import Observable
 from reactivex import abc as rx_abc
 from reactivex.disposable import Disposable
 
-from ._errors import ConfigError
+from ._errors import ConfigError, safe_repr
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -40,7 +40,7 @@ class _StageFailed(Exception):
     """An error of a resuming Rx stage, on its way up the Rx call stack to ``_feed``."""
 
     def __init__(self, stage: RxStream, error: Exception) -> None:
-        super().__init__(repr(error))
+        super().__init__(safe_repr(error))
         self.stage = stage
         self.error = error
         self.item: Any = _UNSET  # the value passed into the failing stage, once known
@@ -224,9 +224,29 @@ class _Collector(rx_abc.ObserverBase[Any]):
             if owner._tail_index == self.index:
                 owner._tail.append(value)  # the common case: one more item of the open run
             else:
+                if asyncio.iscoroutine(value):  # checked once per run of items, not per item
+                    stage, error = self._coroutine_emitted(value)
+                    raise FusedStageError(stage, error) if owner._followers else error
                 owner._record(("next", self.index, [value]))
         else:
+            if asyncio.iscoroutine(value):
+                owner._emit(("error", self.index, self._coroutine_emitted(value)[1]))
+                return
             owner._emit(("next", self.index, [value]))
+
+    def _coroutine_emitted(self, value: Any) -> tuple[str, ConfigError]:
+        """The stage and the error for a coroutine the chain emitted (``ops.map(async_fn)``,
+        whose calls nobody would ever await); it fails the stage whatever its ``on_error``."""
+        value.close()  # it will never run: no "never awaited" warning on top of the error
+        stage = self.stage or self.owner
+        out = stage._outputs[stage.outs[self.index]]
+        error = ConfigError(
+            f"operator stage {out.stream_name!r} emitted a coroutine on output {out.name!r} "
+            f"({value.__qualname__}() was called, never awaited): an async function inside an "
+            "Rx operator (ops.map(async_fn)) is not awaited; use map_stream(async_fn) instead "
+            "(add concurrency= to run several calls at once)"
+        )
+        return out.stream_name, error
 
     def on_error(self, error: Exception) -> None:
         self.owner._emit(("error", self.index, error))

@@ -46,8 +46,9 @@ from ._errors import (
 )
 from ._handoff import Handoff, on_loop_thread
 from ._ports import Input, Output
+from ._step import Step
 from ._stream import Ports, Stream
-from ._workflow import Step
+from ._unawaited import recognise
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -198,7 +199,7 @@ class InletStream(Stream):
             return
         if self._closed or self._ended:
             raise self._refuse("send_threadsafe()")
-        if (self._loop is not None and on_loop_thread(self._loop)) or self._blocks_own_loop():
+        if self._loop is not None and on_loop_thread(self._loop):
             raise WorkflowError(
                 f"inlet {self._step_name!r}: send_threadsafe() was called from the thread of the "
                 "run's own event loop, which it would block; use 'await inlet.send(item)' there"
@@ -208,7 +209,7 @@ class InletStream(Stream):
         ):
             raise TimeoutError(
                 f"inlet {self._step_name!r}: the run did not start within {timeout} s; "
-                "nothing was sent"
+                f"nothing was sent{self._own_loop_hint()}"
             )
         handoff = self._handoff
         assert handoff is not None
@@ -227,16 +228,19 @@ class InletStream(Stream):
         if not accepted:
             raise self._refuse("send_threadsafe()")
 
-    def _blocks_own_loop(self) -> bool:
-        """Before the run: waiting in a thread that runs an event loop would block that loop
-        (most likely the one the run is about to start on)."""
-        if self._started.is_set():
-            return False
+    @staticmethod
+    def _own_loop_hint() -> str:
+        """Before the run, the thread that waited may run the very loop the run was to start
+        on (which the wait blocked): say so. Which loop a run will use is not known before it
+        starts, so such a call waits, as from any other thread (contract section 10)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return False
-        return True
+            return ""
+        return (
+            " (this thread runs an event loop: if the run was to start on it, the wait blocked "
+            "it; use 'await inlet.send(item)' on the run's own loop)"
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -322,6 +326,9 @@ class Inlet(Step):
 
 
 # -- outlets -----------------------------------------------------------------------------------
+
+
+recognise("send", InletStream.send, Inlet.send)  # a send without await fails the run
 
 
 class _OutletInput(Input[Any]):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, cast
@@ -27,6 +26,7 @@ from reactivex import abc as rx_abc
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
+from ._batches import IterChunks
 from ._errors import ConfigError
 from ._handoff import Handoff
 from ._ports import POLICIES, Output
@@ -80,11 +80,12 @@ class IterableSource(Stream):
     async def run(self, ins: Ports, outs: Ports) -> None:
         out: Output[Any] = outs.out
         iterator = iter(self.iterable)
+        chunks = IterChunks(iterator)  # an error partway: what was pulled before is pushed
         try:
             # Stop pulling once every consumer has finished, or workflow.stop() was called.
             while not out.abandoned and not self._stopping:
                 # Pull only what the downstream buffers have room for right now: never ahead.
-                batch = list(itertools.islice(iterator, max(out._room(), 1)))
+                batch = chunks.take(max(out._room(), 1))
                 if not batch:
                     return
                 await out.push_many(batch)

@@ -21,7 +21,7 @@ import keyword
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from ._errors import ClosedError, ConfigError
+from ._errors import ClosedError, ConfigError, safe_repr
 from ._ports import AnyInput, Input, Output, check_buffer_size
 from ._supervision import (
     ERRORS,
@@ -291,7 +291,7 @@ class FusedStageError(Exception):
     """Carries the error of a stream that ran fused into another one, naming the right step."""
 
     def __init__(self, step_name: str, original: Exception) -> None:
-        super().__init__(repr(original))
+        super().__init__(safe_repr(original))
         self.step_name = step_name
         self.original = original
 
@@ -300,7 +300,7 @@ class UserStopIteration(Exception):
     """Carries a ``StopIteration`` raised by a step function out of the driving coroutine."""
 
     def __init__(self, original: StopIteration) -> None:
-        super().__init__(repr(original))
+        super().__init__(safe_repr(original))
         self.original = original
 
 
@@ -424,6 +424,10 @@ async def drive_step_function(
     * ``resume`` (``on_error="resume"``): a call that raises after taking an item is a
       failure reported on ``errors``; what it pushed is delivered and it is called again.
       A call that raises without taking anything fails the run.
+    * ``workflow.stop()`` on a stream without inputs: it is not called again, and what its
+      ``push`` accepted is delivered first. Cancelling it in the middle of that delivery
+      would lose items ``push`` had accepted, which ``stop()`` must deliver, so it is
+      cancelled only while it waits with nothing staged.
     """
     inputs = list(stream._inputs.values())
     outputs = [stream._outputs[name] for name in stream.outs]
@@ -438,47 +442,67 @@ async def drive_step_function(
     def arrivals() -> int:
         return sum(p.received for p in inputs) + sum(p._closed for p in inputs)
 
-    while True:
-        closed_before = all(p._closed for p in inputs)
-        taken_before = sum(p.taken for p in inputs)
-        try:
-            again = step(ins, outs)
-        except Exception as exc:
-            if not resume or sum(p.taken for p in inputs) == taken_before:
-                if isinstance(exc, StopIteration):  # would become RuntimeError in here
-                    raise UserStopIteration(exc) from exc
-                raise
-            for view in outs_views:  # what it pushed before raising is delivered
-                await view._flush()
-            failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
-            await report_failure(stream, failure)
-            continue
-        if inspect.isawaitable(again):
-            if inspect.iscoroutine(again):
-                again.close()  # never awaited: no "coroutine was never awaited" warning
-            raise ConfigError(
-                f"the plain function of stream {stream.name!r} returned an awaitable; a plain "
-                "def is called as a mimo 1.0 step function with synchronous ports. Write the "
-                "function as 'async def' (a lambda cannot be async) to use await in it"
-            )
-        seen = arrivals()
-        for view in outs_views:
-            await view._flush()
-        if again:
-            for out in outputs:
-                await out._wait_for_room()
-            await asyncio.sleep(0)  # there was room at once: still let the others run
-            continue
-        if not inputs:
-            return
-        if closed_before:  # this call saw every input closed
-            if not any(p._items for p in inputs):
+    stopping = False  # workflow.stop() asked this source to stop
+    idle = False  # waiting with nothing staged: cancelling it loses nothing
+
+    def stop_source(cancel: Callable[[], None]) -> None:
+        nonlocal stopping
+        stopping = True
+        if idle:
+            cancel()
+
+    if not inputs:  # workflow.stop() asks this instance, during this run only
+        stream._stop_source = stop_source  # type: ignore[method-assign]
+    try:
+        while True:
+            closed_before = all(p._closed for p in inputs)
+            taken_before = sum(p.taken for p in inputs)
+            if stopping:
                 return
-            if sum(p.taken for p in inputs) == taken_before:
-                return  # it will not take the rest; the workflow counts it as discarded
-            continue
-        if arrivals() == seen:
-            await _wait_for_arrival(inputs, stream)
+            try:
+                again = step(ins, outs)
+            except Exception as exc:
+                if not resume or sum(p.taken for p in inputs) == taken_before:
+                    if isinstance(exc, StopIteration):  # would become RuntimeError in here
+                        raise UserStopIteration(exc) from exc
+                    raise
+                for view in outs_views:  # what it pushed before raising is delivered
+                    await view._flush()
+                failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
+                await report_failure(stream, failure)
+                continue
+            if inspect.isawaitable(again):
+                if inspect.iscoroutine(again):
+                    again.close()  # never awaited: no "coroutine was never awaited" warning
+                raise ConfigError(
+                    f"the plain function of stream {stream.name!r} returned an awaitable; a plain "
+                    "def is called as a mimo 1.0 step function with synchronous ports. Write the "
+                    "function as 'async def' (a lambda cannot be async) to use await in it"
+                )
+            seen = arrivals()
+            for view in outs_views:
+                await view._flush()
+            if not inputs and (stopping or not again):
+                return  # what it pushed is delivered
+            if again:
+                idle = True
+                try:
+                    for out in outputs:
+                        await out._wait_for_room()
+                    await asyncio.sleep(0)  # there was room at once: still let the others run
+                finally:
+                    idle = False
+                continue
+            if closed_before:  # this call saw every input closed
+                if not any(p._items for p in inputs):
+                    return
+                if sum(p.taken for p in inputs) == taken_before:
+                    return  # it will not take the rest; the workflow counts it as discarded
+                continue
+            if arrivals() == seen:
+                await _wait_for_arrival(inputs, stream)
+    finally:
+        stream.__dict__.pop("_stop_source", None)
 
 
 async def _wait_for_arrival(inputs: list[Input[Any]], stream: Stream) -> None:

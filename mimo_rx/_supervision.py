@@ -30,7 +30,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, EndOfStream
+from ._errors import BufferOverflowError, ConfigError, EndOfStream, safe_repr
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
@@ -106,7 +106,7 @@ async def report_failure(stream: Stream, failure: Failure) -> None:
     errors: Output[Any] = stream._outputs[ERRORS]
     events = errors._rt.events
     if events is not None:
-        events({"event": "failure", "stream": failure.stream, "error": repr(failure.error)})
+        events({"event": "failure", "stream": failure.stream, "error": safe_repr(failure.error)})
     if errors.targets or errors._lossy or errors.observers:
         await errors.push(failure)
     else:
@@ -224,7 +224,10 @@ async def run_resuming(
 
     ``ins`` are the body's recording input views (:class:`TrackedInput`) writing to
     ``tracker``. A body that raises before taking any item since it was last called fails
-    the run: it would only fail again.
+    the run: it would only fail again. So does a ``BufferOverflowError``: a pipe's
+    ``policy="error"`` raises it inside the body's ``push``, but it is the graph's verdict,
+    not the stream's code failing, and resuming covers only the latter (as for the other
+    kinds of stream, whose pushes are outside the user's code).
     """
     while True:
         tracker.taken = 0
@@ -232,7 +235,7 @@ async def run_resuming(
             await body(ins, outs)
             return
         except Exception as exc:
-            if not tracker.taken:
+            if not tracker.taken or isinstance(exc, BufferOverflowError):
                 raise
             await report_failure(
                 stream, Failure(step_name(stream), exc, tracker.item, tracker.port)

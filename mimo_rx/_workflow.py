@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from reactivex import Observable
 
@@ -23,94 +22,17 @@ from ._errors import (
     WorkflowError,
 )
 from ._metrics import Watch
-from ._ports import DEFAULT_BUFFER_SIZE, PIPE_POLICIES, Input, check_buffer_size
+from ._ports import PIPE_POLICIES, Input, check_buffer_size
 from ._run import Run, retrieve_exceptions
+from ._service import Inlet, InletStream, Outlet, OutletStream, as_observable, running
 from ._signals import TerminationSignals, wake_loop_on_signals
+from ._step import Pipe, Step
 from ._stream import Stream
-
-if TYPE_CHECKING:
-    from ._service import Inlet, Outlet
 
 # How long cancelled streams get to finish before the run gives up on them (default).
 CANCEL_TIMEOUT_S = 5.0
 
-S = TypeVar("S", bound="Step")
-
-
-@dataclass(frozen=True)
-class Pipe:
-    """One connection: an output of one step to an input of another (or the same) step."""
-
-    source: Step
-    output: str
-    target: Step
-    input: str
-    buffer_size: int | None
-    policy: str = "block"  # what a full input does to this pipe's pushes (see Step.pipe)
-
-
-class Step:
-    """A stream placed in a workflow. Made by ``Workflow.add_stream``; pipe steps together.
-
-    Attributes:
-        workflow: the workflow the step belongs to.
-        stream: the ``Stream`` it runs.
-        name: its name, unique in the workflow (the stream's name, ``-2``, ``-3`` for repeats).
-        status: ``"pending"``, ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
-        error: the exception the stream raised, once it has failed.
-    """
-
-    def __init__(self, workflow: Workflow, stream: Stream, name: str) -> None:
-        self.workflow = workflow
-        self.stream = stream
-        self.name = name
-        self._status = "pending"
-        self.error: BaseException | None = None
-
-    @property
-    def status(self) -> str:
-        """``pending``, ``running``, ``done``, ``failed`` or ``cancelled``."""
-        return self._status
-
-    @status.setter
-    def status(self, value: str) -> None:
-        if value != self._status:
-            self._status = value
-            emit = self.workflow._watch.emit  # None unless workflow.events has a subscriber
-            if emit is not None:
-                emit({"event": "status", "stream": self.name, "status": value})
-
-    def pipe(
-        self,
-        other: Step,
-        output: str | None = None,
-        input: str | None = None,
-        buffer_size: int | None = None,
-        policy: str = "block",
-    ) -> Step:
-        """Connect an output of this step to an input of ``other``; return ``other``.
-
-        Ports are chosen by the first rule that applies (a named side is kept, the other side
-        is resolved by the same rules): explicit names; outputs whose name equals an input of
-        ``other``; the only output to the only unconnected input; the only output to the only
-        input (a merge). The ``errors`` output of a resuming stream is only ever piped by
-        name (``output="errors"``).
-
-        ``policy`` is what a full input does to this pipe alone: ``"block"`` (the default)
-        pauses the pushing stream (back-pressure); ``"buffer"``, ``"drop_newest"``,
-        ``"drop_oldest"``, ``"latest"`` and ``"error"`` never pause it and decide as for a
-        hot source (drops are counted in the input's ``dropped``), so a slow branch of a
-        broadcast cannot stall the others.
-
-        Raises:
-            PipeError: the ports are unknown or ambiguous, ``other`` belongs to another
-                workflow, or the same output is already piped to the same input.
-            ConfigError: ``policy`` is unknown.
-        """
-        return self.workflow._pipe(self, other, output, input, buffer_size, policy)
-
-    def __repr__(self) -> str:
-        return f"<Step {self.name!r} {self.status}>"
+S = TypeVar("S", bound=Step)
 
 
 class Workflow:
@@ -123,9 +45,10 @@ class Workflow:
             them; only code that swallows ``asyncio.CancelledError`` ever needs it.
     """
 
-    def __init__(
-        self, buffer_size: int = DEFAULT_BUFFER_SIZE, *, cancel_timeout: float = CANCEL_TIMEOUT_S
-    ) -> None:
+    # The defaults are written as values, not as the constants they equal, so that the API
+    # reference shows them (tests/test_docs_site.py keeps buffer_size equal to
+    # _ports.DEFAULT_BUFFER_SIZE).
+    def __init__(self, buffer_size: int = 1024, *, cancel_timeout: float = 5.0) -> None:
         self.buffer_size = check_buffer_size(buffer_size, "the workflow")
         if not cancel_timeout > 0:
             raise ConfigError(
@@ -279,7 +202,6 @@ class Workflow:
         application code with ``await inlet.send(item)``, ``inlet.send_nowait(item)`` or, from
         other threads, ``inlet.send_threadsafe(item)``. The run does not complete while an
         inlet is open: ``inlet.close()`` ends it (``running()`` closes it on exit)."""
-        from ._service import Inlet, InletStream
 
         return self._add(InletStream(name or "inlet"), Inlet)
 
@@ -290,7 +212,6 @@ class Workflow:
         Its buffer is bounded like any input (``buffer_size``, else the workflow's): a
         producer is paused while the application does not read.
         """
-        from ._service import Outlet, OutletStream
 
         if buffer_size is not None:
             check_buffer_size(buffer_size, f"outlet {name or 'outlet'!r}")
@@ -453,7 +374,6 @@ class Workflow:
         left) and the body's exception propagates. Once the body has ended, outlets no longer
         pause their producers: an item arriving at a full outlet is discarded and counted.
         """
-        from ._service import running
 
         return running(self, progress)
 
@@ -484,7 +404,6 @@ class Workflow:
         running event loop) starts a run on that loop; it emits nothing, completes when the
         run completes and errors with what ``start()`` would raise. Disposing the
         subscription cancels the run."""
-        from ._service import as_observable
 
         return as_observable(self)
 

@@ -529,6 +529,50 @@ def test_a_stream_that_swallows_cancellation_after_a_failure_is_named_once_the_g
     assert stubborn.swallowed >= 1 and stubborn.stopped.is_set()
 
 
+@pytest.mark.parametrize("how", ["a failure", "cancel()"])
+def test_a_stream_that_swallows_one_cancellation_is_cancelled_again_and_the_run_ends_at_once(
+    how: str,
+) -> None:
+    """One swallowed CancelledError costs a second cancel(), not the whole grace period nor a
+    WorkflowError: the run ends with its own outcome (issue 23's decision, docs: failures)."""
+    grace_s = 5.0
+    swallowed: list[int] = []
+
+    async def swallows_once(ins: Any, outs: Any, state: Any) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.append(1)  # and carries on
+        await asyncio.sleep(60)  # the second cancellation ends it here
+
+    async def fails(ins: Any, outs: Any, state: Any) -> None:
+        await yield_to_loop()
+        raise Boom("first failure")
+
+    wf = Workflow(cancel_timeout=grace_s)
+    wf.add_stream(Stream(fn=swallows_once, name="swallows"))
+    if how == "a failure":
+        wf.add_stream(Stream(fn=fails))
+        expected: type[Exception] = StreamError
+        run: Any = wf
+    else:
+
+        async def cancel_soon() -> None:
+            task = asyncio.ensure_future(wf.start())
+            await yield_to_loop(5)
+            wf.cancel()
+            await task
+
+        expected = WorkflowCancelled
+        run = cancel_soon()
+    started = time.monotonic()
+    with pytest.raises(expected):
+        run_checked(run, workflows=[wf])
+    assert time.monotonic() - started < grace_s / 2
+    assert swallowed == [1]
+    assert wf.steps[0].status == "cancelled"
+
+
 def test_cancelling_start_with_a_stream_that_swallows_cancellation_names_it_after_the_grace():
     stubborn = Stubborn()
     times: list[float] = []

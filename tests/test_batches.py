@@ -711,3 +711,37 @@ def test_the_same_graph_with_enough_room_finishes_with_batches_and_push_many():
     src.pipe(step, input="b")
     run_checked(wf)
     assert join.state["a"] == join.state["b"] == list(range(10))
+
+
+# -- issue 23: an iterator that raises partway --------------------------------------------------
+
+
+def _five_then_error() -> Iterator[int]:
+    yield from range(5)
+    raise LookupError("broke")
+
+
+@pytest.mark.parametrize("via", ["push_many", "add_source"])
+def test_what_an_iterator_yielded_before_it_raised_is_delivered_and_counted(via: str) -> None:
+    """As successive pushes would: Rx subscribers see 0..4, ``pushed`` is 5, and the run
+    fails with the iterator's error."""
+
+    async def producer(ins: Any, outs: Any, state: Any) -> None:
+        await outs.y.push_many(_five_then_error())
+
+    workflow = Workflow()
+    if via == "push_many":
+        step = workflow.add_stream(Stream(outs=["y"], fn=producer, name="p"))
+        port = "y"
+    else:
+        step = workflow.add_source(_five_then_error(), name="p")
+        port = "out"
+    sink = workflow.add_stream(Collector())
+    step.pipe(sink)
+    seen: list[int] = []
+    step.stream.output(port).subscribe(seen.append, lambda error: None)
+    with pytest.raises(mimo_rx.StreamError) as info:
+        run_checked(workflow)
+    assert isinstance(info.value.__cause__, LookupError)
+    assert seen == [0, 1, 2, 3, 4]
+    assert workflow.stats()["streams"]["p"]["outputs"][port]["pushed"] == 5

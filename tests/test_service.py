@@ -263,8 +263,10 @@ def test_send_threadsafe_on_the_runs_own_loop_raises_workflow_error() -> None:
     workflow, inlet, outlet = inlet_to_outlet()
 
     async def main() -> None:
-        with pytest.raises(WorkflowError, match="would block"):
-            inlet.send_threadsafe(1)  # before the run: it would block the loop it waits for
+        # Before the run, which loop it will use is unknown: the call waits (within its
+        # timeout), and the timeout says the wait may have blocked the run's own loop.
+        with pytest.raises(TimeoutError, match="this thread runs an event loop"):
+            inlet.send_threadsafe(1, timeout=0.05)
         async with workflow.running():
             with pytest.raises(WorkflowError, match=r"await inlet.send"):
                 inlet.send_threadsafe(1)
@@ -886,6 +888,16 @@ def test_sigterm_drains_the_run_and_run_returns_normally() -> None:
 
 
 @posix_only
+def test_sigterm_while_run_is_still_starting_drains_and_run_returns_normally() -> None:
+    proc = _child("term_at_start")  # it signals itself from the first metrics snapshot
+    code, out, err = _finish(proc)
+    assert code == 0, err
+    assert out.splitlines()[:2] == ["ready", "returned"]
+    assert _stats(out)["identity"] == "True"
+    assert "Traceback" not in err
+
+
+@posix_only
 @pytest.mark.parametrize(
     ("scenario", "second"), [("double", signal.SIGTERM), ("term_then_int", signal.SIGINT)]
 )
@@ -921,3 +933,155 @@ def test_errors_of_a_second_inlet_name_its_step() -> None:
     second.close()
     with pytest.raises(ClosedError, match="inlet 'inlet-2'"):
         second.send_nowait(1)
+
+
+# -- issue 23: an inlet's lossy branch, stop() during start-up, plain-def sources at stop() ---
+
+
+def test_an_inlet_fanned_out_to_a_lossy_branch_delivers_every_item_to_it() -> None:
+    """The inlet's own fast path must not skip a ``drop_oldest`` branch (contract §10: send
+    delivers like push; §2 fan-out), whatever the blocking branch's buffer holds."""
+    workflow = Workflow()
+    inlet = workflow.add_inlet()
+    main_out, dash = workflow.add_outlet("main"), workflow.add_outlet("dash")
+    inlet.pipe(main_out)
+    inlet.pipe(dash, policy="drop_oldest")  # plenty of room: nothing is dropped
+
+    async def main() -> list[Any]:
+        async with workflow.running():
+            for i in range(10):
+                await inlet.send(i)
+                if i == 1:  # the main path drains below its peak so far
+                    await main_out.receive()
+                    await main_out.receive()
+                elif i > 1:
+                    await main_out.receive()
+            inlet.close()
+            return await drain(dash)
+
+    assert run_checked(main()) == list(range(10))
+    stats = input_stats(workflow, "dash", "x")
+    assert (stats["received"], stats["taken"], stats["dropped"]) == (10, 10, 0)
+    assert_stats_identity(workflow)
+
+
+async def _ticker(ins: Any, outs: Any, state: Any) -> None:
+    i = 0
+    while True:
+        await outs.a.push(i)
+        i += 1
+        await asyncio.sleep(0.001)
+
+
+async def _sink(ins: Any, outs: Any, state: Any) -> None:
+    async for _ in ins.a:
+        pass
+
+
+def test_stop_that_arrives_while_start_is_setting_up_drains_and_returns() -> None:
+    """stop() queued before the streams' first step (here from the first metrics snapshot,
+    sent as the run starts) still stops the sources: start() returns, their status is done."""
+    workflow = Workflow()
+    producer = workflow.add_stream(Stream(outs=["a"], fn=_ticker, name="p"))
+    producer.pipe(workflow.add_stream(Stream(["a"], fn=_sink, name="sink")))
+    workflow.metrics(1.0).subscribe(lambda snapshot: workflow.stop())
+    run_checked(workflow, timeout=10)
+    assert {s.name: s.status for s in workflow.steps} == {"p": "done", "sink": "done"}
+
+
+def test_stop_from_a_thread_while_many_sources_start_always_ends_the_run() -> None:
+    for _ in range(4):
+        workflow = Workflow()
+        sink = workflow.add_stream(Stream(["a"], fn=_sink, name="sink"))
+        for i in range(100):
+            workflow.add_stream(Stream(outs=["a"], fn=_ticker, name=f"p{i}")).pipe(sink)
+
+        begun = threading.Event()  # the first snapshot is sent as the run sets itself up
+        workflow.metrics(1.0).subscribe(lambda snapshot, begun=begun: begun.set())
+
+        def stopper(begun: threading.Event = begun, workflow: Workflow = workflow) -> None:
+            begun.wait(10)
+            workflow.stop()
+
+        async def main(workflow: Workflow = workflow, stopper: Any = stopper) -> None:
+            thread = threading.Thread(target=stopper)
+            thread.start()
+            try:
+                await workflow.start()
+            finally:
+                await asyncio.to_thread(thread.join)
+
+        run_checked(main(), timeout=20)
+        assert {s.status for s in workflow.steps} == {"done"}
+
+
+def test_stop_delivers_every_item_a_plain_def_source_had_pushed() -> None:
+    """A plain-def ``push`` always accepts; stop() must not cancel the delivery of what it
+    accepted (contract §1, §10)."""
+
+    class Gen(Stream):
+        OUT = ["y"]
+
+        def run(self, ins: Any, outs: Any) -> bool:
+            self.state.setdefault("accepted", 0)
+            for _ in range(10):
+                outs.y.push(self.state["accepted"])
+                self.state["accepted"] += 1
+            return True
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        state["got"] = []
+        async for item in ins.x:
+            state["got"].append(item)
+            await asyncio.sleep(0.001)
+
+    workflow = Workflow(buffer_size=2)
+    gen = workflow.add_stream(Gen(name="gen"))
+    sink = workflow.add_stream(Stream(["x"], fn=slow, name="sink"))
+    gen.pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(workflow.start())
+        await asyncio.sleep(0.1)
+        workflow.stop()
+        await task
+
+    run_checked(main())
+    accepted = gen.stream.state["accepted"]
+    assert accepted > 0
+    assert sink.stream.state["got"] == list(range(accepted))
+    assert gen.status == "done"
+
+
+def test_send_threadsafe_before_the_run_from_a_thread_running_its_own_loop_waits_and_delivers() -> (
+    None
+):
+    """Only the run's own loop thread is refused (contract §10); a client library's loop in
+    another thread waits for the run like any thread."""
+    workflow, inlet, outlet = inlet_to_outlet()
+    errors: list[BaseException] = []
+
+    def client_thread() -> None:
+        async def produce() -> None:
+            inlet.send_threadsafe("hi", timeout=5)
+
+        try:
+            asyncio.run(produce())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=client_thread)
+    thread.start()
+
+    async def main() -> list[Any]:
+        await asyncio.sleep(0.1)  # the thread is waiting before the run starts
+        async with workflow.running():
+            await asyncio.to_thread(thread.join)
+            inlet.close()
+            return await drain(outlet)
+
+    try:
+        assert run_checked(main()) == ["hi"]
+    finally:
+        thread.join()
+    assert errors == []

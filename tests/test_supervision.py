@@ -909,3 +909,32 @@ def test_cancel_while_an_item_is_being_retried_returns_promptly_and_leaves_no_ta
 
     run_checked(main())  # asserts that no task is left
     assert workflow.stats()["streams"]["always"]["status"] == "cancelled"
+
+
+# -- issue 23: resuming covers the stream's code, not the graph's verdicts --------------------
+
+
+def test_a_resuming_async_stream_fails_the_run_when_a_pipe_with_policy_error_overflows() -> None:
+    """The overflow is raised inside the body's ``push`` but by the pipe's policy: it fails
+    the run (contract §4) as it does for map_stream, operator() and plain-def streams."""
+
+    async def forward(ins: Any, outs: Any, state: Any) -> None:
+        async for x in ins.x:
+            await outs.y.push(x)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        await asyncio.sleep(0.3)
+        async for _ in ins.x:
+            pass
+
+    workflow = Workflow()
+    stage = workflow.add_stream(Stream(["x"], ["y"], fn=forward, on_error="resume", name="stage"))
+    workflow.add_source(range(50)).pipe(stage)
+    stage.pipe(
+        workflow.add_stream(Stream(["x"], fn=slow, name="slow")), policy="error", buffer_size=2
+    )
+    with pytest.raises(mimo_rx.SourceOverflowError) as info:
+        run_checked(workflow)
+    assert info.value.stream == "stage" and info.value.input_stream == "slow"
+    assert isinstance(info.value, mimo_rx.BufferOverflowError)
+    assert workflow.stats()["streams"]["stage"]["failures"] == 0

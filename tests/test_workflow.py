@@ -746,3 +746,64 @@ def test_the_checked_runner_reports_a_subscriber_left_subscribed():
 
     with pytest.raises(LeakError, match="observer"):
         run_checked(nothing(), workflows=[wf])
+
+
+# -- issue 23: no error is swallowed, whatever it is and however it prints --------------------
+
+
+class Abort(BaseException):
+    """A framework's abort signal: a BaseException that is not KeyboardInterrupt/SystemExit."""
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ exploded")
+
+
+def _endless() -> Any:
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def _raises_at_three(error: BaseException) -> Stream:
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for x in ins.a:
+            if x == 3:
+                raise error
+
+    return Stream(["a"], fn=sink, name="sink")
+
+
+@pytest.mark.parametrize("error", [Abort(), GeneratorExit(), Unprintable()], ids=type)
+@pytest.mark.parametrize("items", [range(10), None], ids=["finite", "endless"])
+def test_a_stream_raising_any_exception_fails_the_run_with_a_stream_error_caused_by_it(
+    error: BaseException, items: Any
+) -> None:
+    workflow = Workflow()
+    workflow.add_source(_endless() if items is None else items).pipe(
+        workflow.add_stream(_raises_at_three(error))
+    )
+    with pytest.raises(StreamError) as info:
+        run_checked(workflow, timeout=10)
+    assert info.value.__cause__ is error and info.value.stream == "sink"
+    assert "sink" in str(info.value) and type(error).__name__ in str(info.value)
+    statuses = {s.name: s.status for s in workflow.steps}
+    assert statuses["sink"] == "failed" and "running" not in statuses.values()
+
+
+def test_a_resuming_map_stream_whose_job_raises_a_base_exception_fails_the_run() -> None:
+    error = Abort()
+
+    async def job(x: int) -> int:
+        if x == 3:
+            raise error
+        return x
+
+    workflow = Workflow()
+    mapped = workflow.add_stream(mimo_rx.map_stream(job, on_error="resume", name="job"))
+    workflow.add_source(_endless()).pipe(mapped).pipe(workflow.add_stream(Collector()))
+    with pytest.raises(StreamError) as info:
+        run_checked(workflow, timeout=10)
+    assert info.value.__cause__ is error

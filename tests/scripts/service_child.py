@@ -7,12 +7,15 @@ parent then signals it), ``draining`` when the consumer first sees that the sour
 ``stats pulled=N delivered=M identity=True|False handler_restored=True|False``.
 
 Scenarios: ``drain`` (a SIGTERM drains: run() returns), ``double`` (a second SIGTERM during
-the drain), ``term_then_int`` (SIGINT during the drain), ``interrupt`` (SIGINT at once).
+the drain), ``term_then_int`` (SIGINT during the drain), ``interrupt`` (SIGINT at once),
+``term_at_start`` (the child sends itself SIGTERM from the first metrics snapshot, while run()
+is still setting up: an ``async def`` source that was never started must still stop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from typing import Any
@@ -43,12 +46,31 @@ def main(scenario: str) -> None:
         nonlocal delivered
         async for _ in ins.x:
             delivered += 1
-            if delivered == 20:
+            if delivered == 20 and scenario != "term_at_start":
                 say("ready")
             await asyncio.sleep(0.05 if scenario in SLOW_DRAIN else 0.002)
 
+    async def ticker(ins: Any, outs: Any, state: Any) -> None:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            await outs.out.push(pulled)
+            await asyncio.sleep(0.001)
+
     workflow = Workflow(buffer_size=32)
-    source = workflow.add_source(endless(), name="endless")
+    if scenario == "term_at_start":
+        source = workflow.add_stream(Stream(outs=["out"], fn=ticker, name="endless"))
+        sent: list[bool] = []
+
+        def terminate(snapshot: Any) -> None:
+            if not sent:
+                sent.append(True)
+                say("ready")
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        workflow.metrics(1.0).subscribe(terminate)
+    else:
+        source = workflow.add_source(endless(), name="endless")
     sink = workflow.add_stream(Stream(["x"], fn=consume, name="consume"))
     source.pipe(sink)
 
