@@ -88,7 +88,12 @@ def linger(seconds: float) -> None:
     or Ctrl-C."""
     if seconds <= 0:
         return
-    print(f"serving the final counts for {seconds:g} s more (SIGTERM or Ctrl-C stops)", flush=True)
+    # On stderr: the final line stays the last line of the output.
+    print(
+        f"serving the final counts for {seconds:g} s more (SIGTERM or Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         time.sleep(seconds)
