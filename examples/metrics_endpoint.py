@@ -11,6 +11,14 @@ paused: ``mimo_rx_input_paused_seconds_total{stream="enrich"}`` grows, and ``wor
 grouped into one-second windows with Rx, prints how often it happened. After ``--seconds``
 the source ends, the run drains, and a final stats line is printed.
 
+The endpoint then keeps serving the final counts, and every stream's ``done`` status, for
+``--linger`` seconds (default 15, Prometheus's usual scrape interval; 0 stops at once), so the
+last scrape sees how the run ended: a server that stops with the run leaves Prometheus with
+the counts of up to one interval before the end. SIGTERM drains the run (the source stops,
+what it produced flows on) and still prints the final line and lingers; a SIGTERM or Ctrl-C
+during the linger ends it at once. Ctrl-C during the run cancels it, prints the final line
+(``final (interrupted)``) and exits with status 130 without lingering.
+
 Run it: ``python examples/metrics_endpoint.py --port 8000 --seconds 30`` and, meanwhile,
 ``curl -s 127.0.0.1:8000/metrics | grep mimo_rx_input``. Needs ``mimo_rx[prometheus]``.
 """
@@ -20,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import reactivex.operators as ops
@@ -65,10 +75,44 @@ def build(seconds: float) -> Workflow:
     return workflow
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived while the endpoint lingered."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def linger(seconds: float) -> None:
+    """Keep the endpoint up (it serves from its own thread) for ``seconds``, or until SIGTERM
+    or Ctrl-C."""
+    if seconds <= 0:
+        return
+    # On stderr: the final line stays the last line of the output.
+    print(
+        f"serving the final counts for {seconds:g} s more (SIGTERM or Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        time.sleep(seconds)
+    except (_Terminated, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long orders arrive")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=15.0,
+        help="seconds to keep serving the final counts after the run (a scrape interval)",
+    )
     args = parser.parse_args(argv)
 
     workflow = build(args.seconds)
@@ -90,26 +134,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ).subscribe(lambda pauses: print(f"alert: {len(pauses)} pauses into {pauses[0]['target']}"))
     interrupted = False
     try:
-        workflow.run()  # SIGTERM drains the run and it returns; Ctrl-C cancels it
-    except KeyboardInterrupt:
-        interrupted = True
+        try:
+            workflow.run()  # SIGTERM drains the run and it returns; Ctrl-C cancels it
+        except KeyboardInterrupt:
+            interrupted = True
+        stats = workflow.stats()["streams"]
+        report = {
+            "orders": stats["orders"]["outputs"]["out"]["pushed"],
+            "stored": stats["store"]["inputs"]["x"]["taken"],
+            "paused_s": stats["enrich"]["inputs"]["x"]["paused_s"],
+        }
+        label = "final (interrupted)" if interrupted else "final"
+        print(
+            f"{label}: {report['orders']} orders, {report['stored']} stored, source paused "
+            f"{report['paused_s']:.2f} s by the slow enrich stage",
+            flush=True,
+        )
+        if not interrupted:
+            linger(args.linger)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-    stats = workflow.stats()["streams"]
-    report = {
-        "orders": stats["orders"]["outputs"]["out"]["pushed"],
-        "stored": stats["store"]["inputs"]["x"]["taken"],
-        "paused_s": stats["enrich"]["inputs"]["x"]["paused_s"],
-    }
-    label = "final (interrupted)" if interrupted else "final"
-    print(
-        f"{label}: {report['orders']} orders, {report['stored']} stored, source paused "
-        f"{report['paused_s']:.2f} s by the slow enrich stage",
-        flush=True,
-    )
     if interrupted:
         sys.exit(130)  # the shell's code for Ctrl-C
     return report

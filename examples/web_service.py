@@ -24,6 +24,13 @@ as soon as it is ready, while the upload is still going on. Each request runs it
   ``workflow.stop()`` (its inlet closes: what was uploaded so far is processed and returned,
   the rest of the upload is not read), aiohttp waits for the handlers, and the process exits
   0. A second SIGTERM (or SIGINT) cancels the workflows still draining.
+  Every in-flight response still ends with its summary line, also for a client that reads it
+  only later: closing a socket whose receive queue holds unread upload bytes makes the kernel
+  answer with a TCP reset, and the client would lose the end of the response it had not read
+  yet. So once the summary is written, the server ends its side of the connection
+  (``shutdown(SHUT_WR)``: the client sees the end of the response), then reads and drops the
+  rest of the upload until the client closes or finishes it, for at most ``UNREAD_LINGER``
+  seconds, and only then closes the socket.
 
 Why one workflow per request rather than one shared workflow with per-request correlation: a
 request's stream then has its own end (closing its inlet ends its outlet), its own
@@ -70,6 +77,7 @@ CONCURRENCY = 8  # lookups in flight per request
 DELAY = 0.002  # seconds per lookup: the slow part
 RECEIVE_BUFFER = 64 * 1024  # kernel receive buffer per connection, in bytes (Linux doubles it)
 SHUTDOWN_TIMEOUT = 30.0  # seconds a drain may take before aiohttp cancels the handlers
+UNREAD_LINGER = 10.0  # seconds a drained request waits for its client to close (see the doc)
 
 
 # -- the per-request graph ---------------------------------------------------------------------
@@ -249,7 +257,25 @@ async def process(request: web.Request) -> web.StreamResponse:
         }
     await response.write(_ndjson({"end": summary}))
     await response.write_eof()
+    if not upload.complete:
+        await drop_unread_upload(request)
     return response
+
+
+async def drop_unread_upload(request: web.Request, linger: float = UNREAD_LINGER) -> None:
+    """The response is complete but the upload was not read to its end (a drain, or a line
+    too long): end our side of the connection, so the client sees the end of the response,
+    then read and drop what the client still sends until it finishes the upload or closes,
+    for at most ``linger`` seconds. Closing the socket with unread bytes in it would make the
+    kernel reset the connection, and a client that has not read the response yet would lose
+    it. (aiohttp does such a lingering read itself, except while it shuts down.)"""
+    transport = request.transport
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()  # FIN once the response's bytes are sent
+    with contextlib.suppress(TimeoutError, ConnectionError, web.HTTPException):
+        async with asyncio.timeout(linger):
+            while await request.content.readany():
+                pass
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -26,14 +26,27 @@ may see its ``resumed`` without the ``paused``.
 An observer that raises from ``on_next`` does not break the run (a broken dashboard must not
 stop a pipeline): the exception goes to the loop's exception handler, as asyncio does with
 callbacks that raise.
+
+``stats()`` from any thread (:meth:`Watch.read`): counters a machine can trust. A Prometheus
+scrape runs on the HTTP server's thread, and a counter such as ``taken`` is derived from values
+that the loop changes between two bytecodes of the reader. So, while the run goes on, a read
+from another thread is handed to the loop and made there, between two callbacks, where every
+identity of the snapshot holds (``received == taken + dropped + discarded + buffered``); it
+waits at most ``LOOP_READ_TIMEOUT_S`` for a busy loop, then reads directly (the ports' write
+order makes such a read count short, never over: see ``Input.taken``). On top of that every
+counter of every snapshot, whoever reads it, is clamped to the highest value already handed
+out (:class:`Highest`), so no reader ever sees one go down; Prometheus would read a decrease
+as a counter reset and ``rate()`` would spike by the whole value.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +64,25 @@ if TYPE_CHECKING:
 Event = dict[str, Any]
 Snapshot = dict[str, Any]
 _Observer = rx_abc.ObserverBase[Any]
+
+# How long a read of stats() from another thread waits for a busy loop before reading directly.
+LOOP_READ_TIMEOUT_S = 1.0
+# The keys of stats() that are counters (never go down); every other number is a gauge.
+COUNTERS = frozenset(
+    {
+        "received",
+        "taken",
+        "dropped",
+        "discarded",
+        "paused_s",
+        "peak_buffered",
+        "pushed",
+        "failures",
+        "fetched",
+        "acked",
+        "nacked",
+    }
+)
 
 
 def check_interval(interval: object) -> float:
@@ -85,6 +117,7 @@ class Watch:
         self._runtimes: list[StepRuntime] = []
         self._tickers: list[_Ticker] = []
         self._listeners: list[_Observer] = []
+        self._highest = Highest()
         # Called by Step.status on every change: set only while events has a subscriber.
         self.emit: Callable[[Event], None] | None = None
         self.events: reactivex.Observable[Event] = reactivex.create(self._subscribe_events)
@@ -125,6 +158,55 @@ class Watch:
             ticker.finish(copy.deepcopy(self._final))
         for observer in listeners:
             self._deliver(observer.on_completed)
+
+    # -- stats() from any thread -------------------------------------------------------------
+
+    def read(self, stats: Callable[[], Snapshot]) -> Snapshot:
+        """``stats()`` made where it is consistent, with every counter clamped to the highest
+        value handed out before (see the module doc)."""
+
+        def clamped() -> Snapshot:
+            # Clamped where it is made, not where it is returned: a snapshot made on the loop
+            # but returned after a later one must not have its counters raised to the later
+            # one's (its gauges would not match them any more).
+            return self._highest.clamp(stats())
+
+        loop = self._loop
+        if (
+            self._phase == "running"
+            and loop is not None
+            and threading.get_ident() != self._loop_thread
+        ):
+            return self._read_on_loop(loop, clamped)
+        return clamped()
+
+    def _read_on_loop(
+        self, loop: asyncio.AbstractEventLoop, stats: Callable[[], Snapshot]
+    ) -> Snapshot:
+        """Call ``stats`` on ``loop`` and wait for it; read directly if the run ends
+        meanwhile, the loop is closed, or it does not answer within ``LOOP_READ_TIMEOUT_S``."""
+        future: concurrent.futures.Future[Snapshot] = concurrent.futures.Future()
+
+        def on_loop() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(stats())
+                except BaseException as exc:  # handed to the reader
+                    future.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop is closed: nothing changes the counters any more
+            return stats()
+        deadline = time.monotonic() + LOOP_READ_TIMEOUT_S
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except TimeoutError:
+                if self._phase == "running" and time.monotonic() < deadline:
+                    continue
+                if future.cancel():  # the loop has not begun it: it never will
+                    return stats()
 
     def snapshot(self) -> Snapshot:
         """``stats()`` plus ``elapsed_s``: seconds since the run started."""
@@ -216,6 +298,37 @@ class Watch:
         if loop is None or loop.is_closed():
             raise exc
         loop.call_exception_handler({"message": message, "exception": exc})
+
+
+class Highest:
+    """The highest value of each counter handed out so far: a snapshot's counters are raised
+    to it (and it to them), under a lock, so a read that begins after another one returned
+    never sees a smaller value, whichever threads made them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, Any] = {}  # shaped like the snapshots: counters at the leaves
+
+    def clamp(self, snapshot: Snapshot) -> Snapshot:
+        """Clamp every counter of ``snapshot`` (in place) and return it."""
+        with self._lock:
+            _clamp(snapshot, self._seen)
+        return snapshot
+
+
+def _clamp(node: dict[str, Any], seen: dict[str, Any]) -> None:
+    for key, value in node.items():
+        if type(value) is dict:  # a port or a stream may be named like a counter
+            inner = seen.get(key)
+            if inner is None:
+                inner = seen[key] = {}
+            _clamp(value, inner)
+        elif key in COUNTERS:
+            highest = seen.get(key)
+            if highest is not None and value < highest:
+                node[key] = highest
+            else:
+                seen[key] = value
 
 
 class _Ticker:

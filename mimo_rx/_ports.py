@@ -89,6 +89,8 @@ class Input(Generic[T]):
         "_mark",
         "_more_getters",
         "_open_upstreams",
+        "_paused_done",
+        "_pausing",
         "_producers",
         "_rt",
         "_tags",
@@ -96,7 +98,6 @@ class Input(Generic[T]):
         "discarded",
         "dropped",
         "name",
-        "paused_s",
         "peak",
         "stream_name",
         "threshold",
@@ -121,7 +122,8 @@ class Input(Generic[T]):
         self.discarded = 0
         self.peak = 0
         self._mark = 0  # min(peak, threshold): below it, Output.push needs no other check
-        self.paused_s = 0.0
+        self._paused_done = 0.0  # seconds of the pauses that have ended
+        self._pausing: list[float] = []  # perf_counter() at the start of each pause going on
         # Lineage (contract section 12, see _lineage.py): set only on tracked inputs.
         self._tags: Any = None
         self._held: Any = None
@@ -252,8 +254,28 @@ class Input(Generic[T]):
     @property
     def taken(self) -> int:
         """Items the stream took: whatever was received and is not dropped, discarded or
-        still buffered (derived, so that ``pop`` counts nothing)."""
-        return self.received - self.dropped - self.discarded - self.buffered
+        still buffered (derived, so that ``pop`` counts nothing).
+
+        Read from another thread while the run goes on, it may count a few items short, not
+        over: ``received`` is read first and every write counts an item in ``buffered``,
+        ``dropped`` or ``discarded`` before ``received`` counts it, and in ``dropped`` or
+        ``discarded`` before it leaves ``buffered``. (One exception: an Rx operator stage whose
+        chain fails or completes mid-batch gives the rest of the batch back with
+        ``_give_back``; a read in between counted it taken.) ``Workflow.stats()`` reads on
+        the loop, where none of this applies.
+        """
+        received = self.received
+        buffered = self.buffered
+        return received - buffered - self.dropped - self.discarded
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds producers spent paused by this full input (summed over producers),
+        including the pauses still going on: it grows while a stall lasts."""
+        done = self._paused_done  # read before the pauses: an ending one is counted once
+        now = time.perf_counter()
+        going_on = tuple(self._pausing)
+        return done + sum(now - start for start in going_on if start < now)
 
     @property
     def exhausted(self) -> bool:
@@ -373,8 +395,8 @@ class Input(Generic[T]):
         if policy == "drop_newest":
             self.dropped += 1
         elif policy == "drop_oldest":
+            self.dropped += 1  # before it leaves the buffer: see ``taken``
             self._items.popleft()
-            self.dropped += 1
             self._deliver(item)
         elif policy == "latest":
             self.dropped += len(self._items)
@@ -420,8 +442,8 @@ class Input(Generic[T]):
         """The consuming stream is done: discard what is left and never block producers."""
         if self._finished:
             return
+        self.discarded += len(self._items)  # before ``buffered`` reads 0: see ``taken``
         self._finished = True
-        self.discarded += len(self._items)
         # From now on every arrival is counted and dropped on the floor, with no branch on
         # the producers' fast path: the buffer is replaced by a sink that is always empty.
         self._items = _DiscardSink(self)
@@ -568,7 +590,6 @@ class Output(Subject[T]):
             if len(target._items) >= target.threshold:
                 await self._wait_for_room()
                 break
-        self.pushed += 1
         for target in targets:  # Input._deliver, inlined (fan-out is hot too)
             items = target._items
             items.append(item)
@@ -576,6 +597,7 @@ class Output(Subject[T]):
                 target._note_peak(len(items))
             if target._getter is not None:
                 target._wake_getter()
+        self.pushed += 1  # once buffered: see ``Input.taken``
         if self.observers:
             self._notify(item)
         return True
@@ -646,9 +668,9 @@ class Output(Subject[T]):
             chunk = chunks.take(room)
             if not chunk:
                 return True
-            self.pushed += len(chunk)
             for target in targets:
                 target._deliver_many(chunk)
+            self.pushed += len(chunk)  # once buffered: see ``Input.taken``
             if self.observers:
                 for item in chunk:
                     self._notify(item)
@@ -694,9 +716,11 @@ class Output(Subject[T]):
         """Deliver from a source that cannot be paused: each full input applies ``policy``."""
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
-        self.pushed += 1
-        for target in self.targets:
-            target._offer(item, policy, source)
+        try:
+            for target in self.targets:
+                target._offer(item, policy, source)
+        finally:  # once buffered (see ``Input.taken``), also when a policy raises
+            self.pushed += 1
         if self.observers:
             self._notify(item)
 
@@ -721,11 +745,13 @@ class Output(Subject[T]):
                 event["target"] = f"{full.stream_name}.{full.name}"
                 events({"event": "paused", **event})
             started = time.perf_counter()
+            full._pausing.append(started)  # paused_s counts it while it lasts
             try:
                 await waiter
             finally:
                 paused = time.perf_counter() - started
-                full.paused_s += paused
+                full._pausing.remove(started)  # first: a reader never counts it twice
+                full._paused_done += paused
                 if parked is not None:
                     self._rt.unpark(parked)
                 if not waiter.done():  # cancelled: do not leave a dead waiter behind
@@ -796,10 +822,12 @@ class Output(Subject[T]):
     def _deliver_all(self, item: T) -> None:
         """Deliver one item to every input (each lossy one applying its policy) and to the
         Rx subscribers; the blocking inputs have room."""
-        self.pushed += 1
-        for target in self.targets:
-            target._deliver(item)
-        self._offer_lossy(item)
+        try:
+            for target in self.targets:
+                target._deliver(item)
+            self._offer_lossy(item)
+        finally:  # once buffered (see ``Input.taken``), also when a policy raises
+            self.pushed += 1
         if self.observers:
             self._notify(item)
 

@@ -271,7 +271,15 @@ class Workflow:
         return f"<Workflow {len(self.steps)} streams, {len(self.pipes)} pipes, {self._run_state}>"
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of every stream's status and port counters."""
+        """A JSON-serialisable snapshot of every stream's status and port counters.
+
+        Safe from any thread: while the run goes on, a call from another thread is answered
+        by the run's loop, so every identity holds in the snapshot, and no counter is ever
+        lower than in a snapshot returned before.
+        """
+        return self._watch.read(self._stats_now)
+
+    def _stats_now(self) -> dict[str, Any]:
         streams: dict[str, Any] = {}
         for step in self.steps:
             stream = step.stream

@@ -28,8 +28,10 @@ names (``describe()``) when it is registered, which keeps prometheus_client's du
 check (``Duplicated timeseries``) for collectors that are not ours. ``registry.unregister``
 works on any of them; the group notices at the next scrape.
 
-A scrape runs on the HTTP server's thread while the run goes on: each value is read once,
-exactly, but two values may be a few items apart (they were read at different moments).
+A scrape runs on the HTTP server's thread while the run goes on: ``stats()`` hands the read
+to the run's loop, so the values of one scrape are of one moment, and no counter is ever lower
+than in a scrape before (Prometheus would take a decrease for a reset). A pause still going on
+counts in ``mimo_rx_input_paused_seconds_total``: it grows while a stall lasts.
 """
 
 from __future__ import annotations

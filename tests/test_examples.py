@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -103,8 +104,9 @@ def test_metrics_endpoint_serves_prometheus_metrics_while_it_runs_then_stops_on_
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    options = ["--port", "0", "--seconds", "1", "--linger", "0"]
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "1"],
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), *options],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -175,3 +177,94 @@ def test_resumable_job_prices_every_order_then_a_rerun_finds_nothing_left(
     assert again["processed"] == 0 and again["finished"]
     assert "nothing left to do" in capsys.readouterr().out
     assert job.main([*argv, "--fresh"])["processed"] == 500
+
+
+def start_metrics_endpoint(*args: str) -> tuple[Any, str]:
+    """Start examples/metrics_endpoint.py on a free port; return the process and its URL."""
+    import re
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = re.fullmatch(r"serving (http://\S+/metrics)\n", process.stdout.readline())
+    assert url is not None
+    return process, url.group(1)
+
+
+def scrape_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_endpoint_serves_the_final_counts_for_a_scrape_interval_after_the_run() -> None:
+    """Issue 21, defect 4: after the run the endpoint lingers, so a last scrape sees every
+    stream done and the final counts; SIGTERM during the linger ends it at once."""
+    import re
+    import signal
+    import time
+
+    process, url = start_metrics_endpoint("--seconds", "1", "--linger", "30")
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        while line.startswith("alert: "):  # the Rx alert on pauses, during the run
+            line = process.stdout.readline()
+        final = re.match(r"final: (\d+) orders, (\d+) stored", line)
+        assert final is not None, line
+        samples = scrape_samples(url)
+        for stream in ("orders", "enrich", "store"):
+            labels = frozenset({"workflow": "orders", "stream": stream, "status": "done"}.items())
+            assert samples[("mimo_rx_stream_status", labels)] == 1.0
+        store = frozenset({"workflow": "orders", "stream": "store", "port": "x"}.items())
+        assert samples[("mimo_rx_input_taken_total", store)] == int(final.group(2))
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=20)
+        assert time.monotonic() - started < 10  # not the 30 s linger
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    assert rest == ""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_metrics_endpoint_prints_its_final_line_on_sigterm_and_ctrl_c(signum: str) -> None:
+    """SIGTERM drains the run (stored == orders) and exits 0; Ctrl-C cancels it, says so and
+    exits 130; both print the final line (only the drained run lingers, here for 0 s)."""
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    process, url = start_metrics_endpoint("--seconds", "60", "--linger", "0")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # the run is going on
+            assert response.status == 200
+        time.sleep(0.5)
+        process.send_signal(getattr(signal, signum))
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    final = re.search(r"^final( \(interrupted\))?: (\d+) orders, (\d+) stored", rest, re.M)
+    assert final is not None, rest
+    interrupted, orders, stored = final.group(1), int(final.group(2)), int(final.group(3))
+    assert orders > 0
+    if signum == "SIGTERM":
+        assert (interrupted, stored, process.returncode) == (None, orders, 0)
+    else:
+        assert interrupted and process.returncode == 130

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import itertools
 import json
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -495,3 +497,97 @@ def test_an_inlet_paused_by_a_full_input_is_reported_under_its_step_name() -> No
     pauses = [e for e in seen.items if e["event"] == "paused"]
     assert pauses and all(e["stream"] == "orders" and e["target"] == "sink.x" for e in pauses)
     assert seen.completed == 1
+
+
+# -- a stall is visible while it lasts; stats() from another thread -----------------------------
+
+
+def test_paused_s_grows_while_a_stall_lasts_not_only_when_it_ends() -> None:
+    """Issue 21, defect 2: a consumer stuck for 3 s. paused_s, read every 0.5 s on the loop
+    (metrics()) and from another thread (stats()), grows by about 0.5 s each time, and never
+    goes down; the final value is the whole stall."""
+
+    async def stuck(ins: Any, outs: Any, state: Any) -> None:
+        await asyncio.sleep(3.0)  # a hung consumer
+        async for _ in ins.x:
+            pass
+
+    wf = Workflow(buffer_size=2)
+    producer = wf.add_stream(source(range(10), name="producer"))
+    producer.pipe(wf.add_stream(Stream(["x"], fn=stuck, name="stuck")))
+    on_loop: list[float] = []
+    wf.metrics(0.5).subscribe(
+        lambda s: on_loop.append(s["streams"]["stuck"]["inputs"]["x"]["paused_s"])
+    )
+    from_thread: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.wait(0.5):
+            from_thread.append(wf.stats()["streams"]["stuck"]["inputs"]["x"]["paused_s"])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        run_checked(wf, timeout=20)
+    finally:
+        done.set()
+        reader.join(timeout=5)
+    for values in (on_loop, from_thread):
+        assert values == sorted(values)  # never goes down
+        during = [v for v in values if v < 2.8]  # read while the stall lasted
+        assert len(during) >= 4, values
+        steps = [b - a for a, b in itertools.pairwise(during[1:])]  # every 0.5 s
+        assert all(0.25 <= step <= 0.75 for step in steps), values
+    assert 2.8 <= on_loop[-1] <= 4.0  # the final snapshot: the whole stall
+
+
+def test_stats_from_another_thread_answers_within_about_a_second_while_the_loop_is_blocked() -> (
+    None
+):
+    """A read from another thread is made on the loop; a loop blocked by a stream that does
+    not await (time.sleep) cannot answer, so after LOOP_READ_TIMEOUT_S the counters are read
+    directly (they cannot change while the loop is blocked)."""
+    started = threading.Event()
+    answered: list[tuple[float, dict[str, Any]]] = []
+
+    async def blocker(ins: Any, outs: Any, state: Any) -> None:
+        for i in range(3):
+            await outs.out.push(i)
+        started.set()
+        time.sleep(2.5)  # noqa: ASYNC251 - blocking the loop is the point
+
+    def read() -> None:
+        started.wait(10)
+        t0 = time.monotonic()
+        snapshot = wf.stats()
+        answered.append((time.monotonic() - t0, snapshot))
+
+    wf = Workflow()
+    wf.add_stream(Stream(outs=["out"], fn=blocker, name="blocker")).pipe(wf.add_stream(Collector()))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    run_checked(wf, timeout=20)
+    reader.join(timeout=5)
+    ((waited, snapshot),) = answered
+    assert 0.9 <= waited <= 2.0  # LOOP_READ_TIMEOUT_S, not the whole block
+    assert snapshot["streams"]["blocker"]["outputs"]["out"]["pushed"] == 3
+    assert snapshot["streams"]["blocker"]["status"] == "running"
+
+
+def test_ports_and_streams_named_like_counters_keep_their_stats() -> None:
+    """stats() clamps its counters by key; a port called ``taken`` is a port, not a counter."""
+
+    async def forward(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.taken:
+            await outs.pushed.push(item)
+
+    wf = Workflow()
+    src = wf.add_stream(source(range(5), name="received", out="pushed"))
+    mid = wf.add_stream(Stream(["taken"], ["pushed"], fn=forward, name="failures"))
+    src.pipe(mid).pipe(wf.add_stream(Collector(port="pushed")))
+    run_checked(wf)
+    for _ in range(2):  # the second read is clamped against the first
+        streams = wf.stats()["streams"]
+        assert streams["failures"]["inputs"]["taken"]["taken"] == 5
+        assert streams["received"]["outputs"]["pushed"] == {"pushed": 5}

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import shutil
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import prometheus_client
 import pytest
-from harness import Collector, linear, run_checked, source
+from harness import Collector, linear, mapper, run_checked, source
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -252,3 +257,158 @@ def test_without_prometheus_client_the_module_raises_import_error_naming_the_ext
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert "pip install 'mimo_rx[prometheus]'" in result.stdout
+
+
+# -- counters a machine can trust: read from another thread, they never go down ---------------
+
+
+def churning_workflow() -> Workflow:
+    """A fast endless run: a counter source feeds a mapper in chunks, which broadcasts to a
+    blocking path and to a ``drop_oldest`` branch; both consumers yield after every item, so
+    items are pushed, paused, popped and dropped all the time. ``stop()`` ends it."""
+
+    async def lagging(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            await asyncio.sleep(0)
+
+    wf = Workflow(buffer_size=64)
+    src = wf.add_source(itertools.count(), name="src")  # pushes in chunks (push_many)
+    double = src.pipe(wf.add_stream(mapper(lambda x: 2 * x, name="double")))
+    double.pipe(wf.add_stream(Stream(["x"], fn=lagging, name="sink")), buffer_size=16)
+    double.pipe(
+        wf.add_stream(Stream(["x"], fn=lagging, name="lagging")),
+        policy="drop_oldest",
+        buffer_size=8,
+    )
+    return wf
+
+
+def counters_of(
+    snapshot: dict[str, Any], path: tuple[str, ...] = ()
+) -> Iterator[tuple[Any, float]]:
+    """Every counter of a stats() snapshot, keyed by where it is."""
+    for key, value in snapshot.items():
+        if isinstance(value, dict):
+            yield from counters_of(value, (*path, key))
+        elif key in COUNTER_KEYS:
+            yield (*path, key), value
+
+
+COUNTER_KEYS = {*INPUT_COUNTERS.values(), "pushed", "failures", "peak_buffered"}
+
+
+def identity_breaks(snapshot: dict[str, Any]) -> list[Any]:
+    """The inputs of ``snapshot`` where received != taken + dropped + discarded + buffered."""
+    return [
+        (step, port, p)
+        for step, s in snapshot["streams"].items()
+        for port, p in s["inputs"].items()
+        if p["received"] != p["taken"] + p["dropped"] + p["discarded"] + p["buffered"]
+    ]
+
+
+class MonotonicReader(threading.Thread):
+    """Reads ``stats()`` and the exposition in a tight loop, counting every counter value
+    read and every one lower than the last value read at the same place; once it has read
+    ``enough`` values (and for at least ``min_s`` seconds) it stops the run.
+    """
+
+    def __init__(self, wf: Workflow, registry: CollectorRegistry, enough: int, min_s: float):
+        super().__init__(daemon=True)
+        self.wf, self.registry, self.enough, self.min_s = wf, registry, enough, min_s
+        self.reads = 0
+        self.decreases: list[Any] = []
+        self.broken: list[Any] = []  # stats() snapshots where the identity did not hold
+        self.error: BaseException | None = None
+        self._last: dict[Any, float] = {}
+
+    def see(self, where: Any, value: float) -> None:
+        self.reads += 1
+        last = self._last.get(where)
+        if last is not None and value < last:
+            self.decreases.append((where, last, value))
+        self._last[where] = value
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            while self.reads < self.enough or time.monotonic() - started < self.min_s:
+                if time.monotonic() - started > 40:
+                    break  # the test fails on the count; never hang the run
+                snapshot = self.wf.stats()
+                self.broken += identity_breaks(snapshot)
+                for where, value in counters_of(snapshot):
+                    self.see(("stats", where), value)
+                for line in generate_latest(self.registry).decode().splitlines():
+                    if line.startswith("mimo_rx_") and "_total{" in line:
+                        sample, value = line.rsplit(" ", 1)  # name{labels} value
+                        self.see(("exposition", sample), float(value))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.wf.stop()
+
+
+@pytest.mark.timeout(60)
+def test_no_counter_read_from_another_thread_ever_decreases() -> None:
+    """Issue 21, defect 1: 10^5 counter values read by a thread from stats() and the
+    exposition beside a fast run, the interpreter switching threads every 10 microseconds:
+    not one is lower than the one read before it, and every snapshot (the thread's, answered
+    by the loop, and metrics()'s) keeps received == taken + dropped + discarded + buffered."""
+    wf = churning_workflow()
+    registry = CollectorRegistry()
+    mimo_rx.prometheus.instrument(wf, name="churn", registry=registry)
+    on_loop: list[Any] = []
+    wf.metrics(0.02).subscribe(on_loop.append)
+    reader = MonotonicReader(wf, registry, enough=100_000, min_s=1.0)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+
+        async def main() -> None:
+            reader.start()
+            await wf.start()
+
+        run_checked(main(), timeout=50, workflows=[wf])
+    finally:
+        sys.setswitchinterval(interval)
+        wf.stop()
+        reader.join(timeout=10)
+    assert reader.error is None, reader.error
+    final = wf.stats()["streams"]
+    assert final["lagging"]["inputs"]["x"]["dropped"] > 0  # the lossy branch did drop
+    assert final["sink"]["inputs"]["x"]["paused_s"] > 0  # the blocking path did pause
+    assert reader.reads >= 100_000, reader.reads
+    assert reader.decreases == []
+    assert reader.broken == []
+    assert len(on_loop) > 10
+    assert [b for snapshot in on_loop for b in identity_breaks(snapshot)] == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_the_exposition_passes_promtool_check_metrics_before_during_and_after_a_run() -> None:
+    """Prometheus's own linter (promtool, from the system package ``prometheus``) accepts
+    the exposition of two instrumented workflows at every stage of a run."""
+    wf = Workflow(buffer_size=2)
+    orders = wf.add_inlet("orders")
+    orders.pipe(wf.add_stream(Collector()))
+    registry = CollectorRegistry()
+    mimo_rx.prometheus.instrument(wf, name="live", registry=registry)
+    mimo_rx.prometheus.instrument(busy_workflow(), name="idle", registry=registry)
+    texts = [generate_latest(registry).decode()]
+
+    async def main() -> None:
+        async with wf.running():
+            for n in range(5):
+                await orders.send(n)
+            texts.append(await asyncio.to_thread(lambda: generate_latest(registry).decode()))
+
+    run_checked(main(), workflows=[wf])
+    texts.append(generate_latest(registry).decode())
+    for text in texts:
+        result = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    running = 'mimo_rx_stream_status{status="running",stream="sink",workflow="live"} 1.0'
+    assert running in texts[1]  # scraped from another thread during the run

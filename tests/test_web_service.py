@@ -431,3 +431,97 @@ def test_a_client_that_disconnects_mid_request_cancels_only_its_own_workflow() -
     assert set(statuses.values()) <= {"cancelled", "done"}, statuses
     assert outcome["live"] == 1
     assert [r["id"] for r in results_of(outcome["reply"])] == list(range(300))
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (raises ValueError if it is cut short)."""
+    payload, rest = b"", body
+    while True:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        if not sep:
+            raise ValueError(f"chunked body cut short after {len(payload)} bytes")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return payload
+        if len(rest) < size + 2:
+            raise ValueError(f"chunked body cut short after {len(payload)} bytes")
+        payload, rest = payload + rest[:size], rest[size + 2 :]
+
+
+def test_sigterm_drain_ends_the_response_of_a_client_that_reads_only_after_it_began() -> None:
+    """Issue 21, defect 3: a raw-socket client uploads far more than the server will read,
+    reads nothing until the drain has begun, then reads the whole response: it ends with its
+    summary line, and the connection is not reset (the server reads and drops the unread
+    upload, and closes its side for writing, before it closes the socket)."""
+    records = 600  # ~600 KiB: most of it is still unread in the sockets when the drain begins
+
+    async def main() -> dict[str, Any]:
+        env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(EXAMPLES / "web_service.py"),
+            "--port",
+            "0",
+            "--delay",
+            "0.05",
+            "--concurrency",
+            "2",
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        with killed_on_exit(proc):
+            first = await read_line(proc.stdout)
+            url = first.split()[-1]
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /process HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/x-ndjson\r\n\r\n"
+            )
+            for n in range(records):  # buffered by the transport: written as the server reads
+                line = record(n, padded=True)
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+            async with aiohttp.ClientSession() as session, asyncio.timeout(15):
+                while True:  # until the server has read some lines
+                    async with session.get(f"{url}/stats") as reply:
+                        requests = (await reply.json())["requests"]
+                    if any(r["records"] >= 20 for r in requests.values()):
+                        break
+                    await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            draining = await read_line(proc.stdout)
+            await asyncio.sleep(0.5)  # the drain ends the response meanwhile; nobody reads it
+            received, reset = b"", None
+            try:
+                async with asyncio.timeout(15):
+                    while chunk := await reader.read(65536):
+                        received += chunk
+            except ConnectionResetError as exc:
+                reset = exc
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            async with asyncio.timeout(15):
+                rest = (await proc.stdout.read()).decode()
+                code = await proc.wait()
+        return {
+            "received": received,
+            "reset": reset,
+            "draining": draining,
+            "rest": rest,
+            "code": code,
+        }
+
+    outcome = run_checked(main(), timeout=55)
+    assert outcome["reset"] is None, f"connection reset after {len(outcome['received'])} bytes"
+    assert outcome["draining"] == "draining 1 request(s) in flight\n"
+    head, _, body = outcome["received"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    lines = [json.loads(line) for line in dechunk(body).splitlines()]
+    summary = lines[-1]["end"]
+    assert summary["complete"] is False
+    assert 20 <= summary["records"] == summary["results"] < records
+    assert [r["id"] for r in results_of(lines)] == list(range(summary["records"]))
+    assert outcome["rest"] == "stopped\n"
+    assert outcome["code"] == 0
