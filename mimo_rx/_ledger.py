@@ -43,6 +43,8 @@ class Ledger:
         self._acks: list[Hashable] = []
         self._nacks: list[Hashable] = []
         self._room: asyncio.Future[None] | None = None  # the source waits for the cap
+        self._more: asyncio.Future[None] | None = None  # ... for the low-water mark
+        self._need = 0  # the room the source waits for in ``wait_for_more``
         self._wake: asyncio.Future[None] | None = None  # the flusher waits for its timer
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -81,6 +83,8 @@ class Ledger:
         (self._nacks if ticket.nack else self._acks).append(ticket.token)
         if self._room is not None:  # the cap is reached: pass it on at once
             self._kick()
+        elif self._more is not None and self._room_after_flush() >= self._need:
+            self._kick()  # enough is done for the source's low-water mark: one ack call
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
         if not taken:
@@ -90,6 +94,35 @@ class Ledger:
 
     def room(self) -> int:
         return self.max_in_flight - self.in_flight
+
+    def _room_after_flush(self) -> int:
+        return self.room() + len(self._acks) + len(self._nacks)
+
+    async def wait_for_more(self, need: int, delay: float) -> None:
+        """The room is below the source's low-water mark ``need``: wait until the messages
+        done free that much (passed to ``ack``/``nack`` in one call), or at most ``delay``
+        seconds (then what is done so far is passed on), so that the source fetches in batches
+        instead of one message per freed slot. Never a deadlock: the wait always ends."""
+        loop = asyncio.get_running_loop()
+        self._need = need
+        if self._room_after_flush() >= need:
+            self._kick()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._more = waiter
+        timer = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+            if self.room() < need and (self._acks or self._nacks) and not self._closing:
+                # the timer: pass on what is done so far, and fetch as soon as it is
+                self._need = 1
+                waiter = loop.create_future()
+                self._more = waiter
+                self._kick()
+                await waiter
+        finally:
+            timer.cancel()
+            self._more = None
+            self._need = 0
 
     async def wait_for_room(self, runtime: StepRuntime) -> None:
         """Wait until fewer than ``max_in_flight`` messages are in flight (fetched and not
@@ -146,6 +179,9 @@ class Ledger:
             room = self._room
             if room is not None and not room.done():
                 room.set_result(None)
+            more = self._more
+            if more is not None and not more.done() and self.room() >= self._need:
+                more.set_result(None)
             try:
                 if acks:
                     await self.source.ack(acks)
