@@ -162,17 +162,23 @@ class Ledger:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        delay = self.commit_interval
         while True:
             if not self._closing and not self._due():
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
-                timer = loop.call_later(self.commit_interval, _resolve, wake)
+                timer = loop.call_later(delay, _resolve, wake)
                 try:
                     await wake
                 finally:
                     timer.cancel()
                     self._wake = None
+            started = loop.time()
             await self._flush(once=not self._closing)
+            # what was done during that ack() call is due commit_interval after it began
+            delay = self.commit_interval
+            if self._acks or self._nacks:
+                delay = max(0.0, delay - (loop.time() - started))
             if self._closing:
                 return
 
