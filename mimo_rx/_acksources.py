@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 DEFAULT_COMMIT_INTERVAL = 0.5
+LOW_WATER_DELAY = 0.005  # the longest a source waits for its low-water mark, in seconds
 
 
 def check_ack_options(
@@ -94,6 +95,12 @@ class AckSourceStream(Stream):
         ledger = self.ledger
         source = self.source
         runtime = out._rt
+        # The low-water mark: while messages are in flight, fetch only once this much room
+        # is free, so that a steady run fetches (and acks) in batches, not one by one.
+        thresholds = [target.threshold for target in out.targets]
+        low = max(1, min([ledger.max_in_flight, *thresholds]) // 2)
+        delay = min(ledger.commit_interval, LOW_WATER_DELAY)
+        waited = False
         while not self._stopping and not out.abandoned:
             room = out._room()
             if room <= 0:
@@ -102,6 +109,11 @@ class AckSourceStream(Stream):
             await ledger.wait_for_room(runtime)
             if self._stopping:
                 return
+            if not waited and ledger.room() < low and ledger.in_flight > 0:
+                waited = True  # wait once, then fetch whatever room there is
+                await ledger.wait_for_more(low, delay)
+                continue
+            waited = False
             self._fetching = True
             try:
                 batch = await source.fetch(min(room, ledger.room()))

@@ -43,6 +43,9 @@ class Ledger:
         self._acks: list[Hashable] = []
         self._nacks: list[Hashable] = []
         self._room: asyncio.Future[None] | None = None  # the source waits for the cap
+        self._more: asyncio.Future[None] | None = None  # ... for the low-water mark
+        self._need = 0  # the room the source waits for in ``wait_for_more``
+        self._short = 0  # ... how many more messages must be done for it (while it waits)
         self._wake: asyncio.Future[None] | None = None  # the flusher waits for its timer
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -80,7 +83,13 @@ class Ledger:
             return  # the run failed, or has ended and closed the source: it comes again
         (self._nacks if ticket.nack else self._acks).append(ticket.token)
         if self._room is not None:  # the cap is reached: pass it on at once
-            self._kick()
+            wake = self._wake  # _kick, inlined: one call per message
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        elif self._more is not None:
+            self._short -= 1
+            if not self._short:  # enough is done for the source's low-water mark: one ack
+                self._kick()
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
         if not taken:
@@ -90,6 +99,38 @@ class Ledger:
 
     def room(self) -> int:
         return self.max_in_flight - self.in_flight
+
+    def _room_after_flush(self) -> int:
+        return self.room() + len(self._acks) + len(self._nacks)
+
+    async def wait_for_more(self, need: int, delay: float) -> None:
+        """The room is below the source's low-water mark ``need``: wait until the messages
+        done free that much (passed to ``ack``/``nack`` in one call), or at most ``delay``
+        seconds (then what is done so far is passed on), so that the source fetches in batches
+        instead of one message per freed slot. Never a deadlock: the wait always ends."""
+        loop = asyncio.get_running_loop()
+        self._need = need
+        # only done() changes room + queued while the source waits (a flush keeps the sum)
+        self._short = need - self._room_after_flush()
+        if self._short <= 0:
+            self._kick()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._more = waiter
+        timer = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+            if self.room() < need and (self._acks or self._nacks) and not self._closing:
+                # the timer: pass on what is done so far, and fetch as soon as it is
+                self._need = 1
+                self._short = 0  # due: flushed at once, even after a flush under way
+                waiter = loop.create_future()
+                self._more = waiter
+                self._kick()
+                await waiter
+        finally:
+            timer.cancel()
+            self._more = None
+            self._need = 0
 
     async def wait_for_room(self, runtime: StepRuntime) -> None:
         """Wait until fewer than ``max_in_flight`` messages are in flight (fetched and not
@@ -121,23 +162,38 @@ class Ledger:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        delay = self.commit_interval
         while True:
-            if not self._closing:
+            if not self._closing and not self._due():
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
-                timer = loop.call_later(self.commit_interval, _resolve, wake)
+                timer = loop.call_later(delay, _resolve, wake)
                 try:
                     await wake
                 finally:
                     timer.cancel()
                     self._wake = None
-            await self._flush()
+            started = loop.time()
+            await self._flush(once=not self._closing)
+            # what was done during that ack() call is due commit_interval after it began
+            delay = self.commit_interval
+            if self._acks or self._nacks:
+                delay = max(0.0, delay - (loop.time() - started))
             if self._closing:
                 return
 
-    async def _flush(self) -> None:
+    def _due(self) -> bool:
+        """Tokens are queued and the source waits for them (at the cap, or its low-water
+        mark is reached): flush again at once rather than at the next commit tick."""
+        return bool(self._acks or self._nacks) and (
+            self._room is not None or (self._more is not None and self._short <= 0)
+        )
+
+    async def _flush(self, once: bool = False) -> None:
         """Pass every queued token to the source; counted as passed when the call is made
-        (which is when the source waiting for the cap may fetch again)."""
+        (which is when the source waiting for the cap may fetch again). ``once``: one batch
+        (what is done meanwhile waits for the next wake, so a slow ``ack()`` is not called
+        for every message or two done during the previous call)."""
         while (self._acks or self._nacks) and self.error is None:
             acks, self._acks = self._acks, []
             nacks, self._nacks = self._nacks, []
@@ -146,6 +202,9 @@ class Ledger:
             room = self._room
             if room is not None and not room.done():
                 room.set_result(None)
+            more = self._more
+            if more is not None and not more.done() and self.room() >= self._need:
+                more.set_result(None)
             try:
                 if acks:
                     await self.source.ack(acks)
@@ -155,6 +214,8 @@ class Ledger:
                 self.error = exc
                 if self.on_error is not None:
                     self.on_error(exc)
+            if once:
+                return
 
     async def finish(self) -> None:
         """The run has ended: send every pending ack (the done ones, however the run

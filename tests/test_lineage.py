@@ -192,6 +192,42 @@ def test_acks_are_batched_by_commit_interval() -> None:
     assert src.calls[-1] == "close"
 
 
+def test_steady_run_fetches_and_acks_in_batches_not_one_by_one() -> None:
+    # at the cap, each freed slot used to be fetched (and acked) alone: fetch(1) per message
+    src = Recorder(20_000)
+    wf = Workflow()
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.x:
+            await asyncio.sleep(0)  # a consumer slower than the source: the cap is reached
+
+    wf.add_source(src, max_in_flight=1000, commit_interval=0.5).pipe(
+        wf.add_stream(Stream(["x"], [], fn=sink))
+    )
+    run_checked(wf)
+    sizes = sorted(src.fetch_sizes)
+    assert sizes[len(sizes) // 2] >= 100, sizes[:50]  # the median fetch is a batch
+    assert len(src.fetch_sizes) <= 20_000 // 100
+    acks = [n for call, n in (c for c in src.calls if isinstance(c, tuple)) if call == "ack"]
+    assert sum(acks) == 20_000
+    assert len(acks) <= 20_000 // 100  # batched, not one token per call
+    assert src.max_unacked <= 1000
+    assert delivery(wf) == {"fetched": 20_000, "acked": 20_000, "nacked": 0, "in_flight": 0}
+
+
+def test_low_water_mark_never_stalls_a_graph_that_needs_more() -> None:
+    # a window of 7 with max_in_flight=10: below the low-water mark, yet only more helps
+    src = Recorder(100)
+    wf = Workflow(buffer_size=4)
+    window = wf.add_stream(operator(ops.buffer_with_count(7), name="window"))
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    wf.add_source(src, max_in_flight=10, commit_interval=10.0).pipe(window).pipe(sink)
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(100))
+    assert src.max_unacked <= 10
+    assert [len(batch) for batch in sink.stream.state["items"]] == [7] * 14 + [2]
+
+
 def test_running_enters_after_open() -> None:
     src = Recorder(3)
     seen: list[Any] = []
@@ -447,6 +483,28 @@ def test_stop_cancels_a_waiting_fetch_and_flushes() -> None:
     assert sorted(src.acked) == list(range(30))
     assert src.calls[-1] == "close"
     assert delivery(wf) == {"fetched": 30, "acked": 30, "nacked": 0, "in_flight": 0}
+
+
+def test_stop_cancels_a_waiting_fetch_that_feeds_an_operator_stage() -> None:
+    # reported with a RedisStreamSource: stop() left the run waiting in fetch
+    src = Recorder(30, end=False)
+    wf = Workflow()
+    double = wf.add_stream(operator(ops.map(lambda x: x * 2), name="double"))
+    sink = wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    wf.add_source(src, commit_interval=10.0).pipe(double).pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # the graph is idle: no DeadlockError, the source awaits I/O
+        wf.stop()
+        await asyncio.wait_for(task, 5.0)
+
+    run_checked(main())
+    assert sink.stream.state["items"] == [2 * n for n in range(30)]
+    assert sorted(src.acked) == list(range(30))
+    assert src.calls[-1] == "close"
 
 
 def test_failure_acks_only_what_is_done() -> None:
