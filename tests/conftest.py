@@ -7,8 +7,15 @@ The event loop: the standard one, or uvloop's with MIMO_RX_LOOP=uvloop."""
 from __future__ import annotations
 
 import os
+import signal
 
 from hypothesis import HealthCheck, settings
+
+# A test run started in the background of a non-interactive shell (`cmd &`) inherits SIGINT
+# ignored, and so would every process the tests start: the Ctrl-C tests need it delivered.
+# A Python handler here becomes the default disposition in children at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile(
     "ci",
