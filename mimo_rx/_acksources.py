@@ -44,7 +44,8 @@ def check_ack_options(
         if given:
             raise ConfigError(
                 f"source {name!r} is a {type(source).__name__}, not an acknowledged source "
-                f"(mimo_rx.AckSource), so {' and '.join(given)} do not apply to it; drop "
+                f"(mimo_rx.AckSource), so {' and '.join(given)} "
+                f"{'do' if len(given) > 1 else 'does'} not apply to it; drop "
                 f"{'them' if len(given) > 1 else 'it'}"
             )
         return

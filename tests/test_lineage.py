@@ -146,6 +146,33 @@ def test_options_on_a_plain_source_are_config_errors(source: Any) -> None:
         Workflow().add_source(source, commit_interval=1.0)
 
 
+def test_add_source_shows_its_real_defaults_and_still_tells_them_from_given_values() -> None:
+    import inspect
+
+    parameters = inspect.signature(Workflow.add_source).parameters
+    assert parameters["max_in_flight"].default == 1000
+    assert parameters["commit_interval"].default == 0.5
+    assert parameters["max_in_flight"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameters["commit_interval"].kind is inspect.Parameter.KEYWORD_ONLY
+    # the default values typed out are still given: a plain source refuses them
+    in_flight, interval = int("1000"), float("0.5")  # not the signature's own objects
+    with pytest.raises(ConfigError, match="max_in_flight does not apply") as info:
+        Workflow().add_source([1, 2, 3], name="numbers", max_in_flight=1000)
+    assert "'numbers'" in str(info.value) and "drop it" in str(info.value)
+    with pytest.raises(ConfigError, match="max_in_flight and commit_interval do not apply"):
+        Workflow().add_source(range(3), max_in_flight=in_flight, commit_interval=interval)
+    with pytest.raises(ConfigError, match="commit_interval does not apply"):
+        Workflow().add_source(iter([1]), commit_interval=0.5)
+    # not given: a plain source is fine, and an AckSource gets 1000 and 0.5
+    Workflow().add_source([1, 2, 3])
+    wf = Workflow(buffer_size=5000)  # room for more than the cap: the cap decides
+    src = Recorder(3000)
+    wf.add_source(src).pipe(wf.add_stream(Stream(["x"], [], fn=collect)))
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(3000))
+    assert src.fetch_sizes[0] == 1000
+
+
 def test_every_message_acked_once_open_before_close_after() -> None:
     src = Recorder(500, batch=7)
     wf = Workflow(buffer_size=16)
