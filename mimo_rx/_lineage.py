@@ -142,6 +142,11 @@ class Holder:
         return held
 
     def release_loose(self) -> None:
+        """A plain ``def``'s call returned (or an Rx chain moved on): what it took is
+        released, and its synchronous views' last takes with it (``hold()`` then holds
+        nothing more)."""
+        for port in self.inputs:
+            port._took = None
         loose, self.loose = self.loose, []
         if loose:
             self.changed()
@@ -297,6 +302,7 @@ class TrackedInput(Input[Any]):
     def _take_now(self) -> Any:
         item = Input._take_now(self)
         tag = self._tags.popleft()
+        self._took = tag  # the view's hold() keeps it (until the call returns: release_loose)
         if tag:
             self._holder.loose.extend(tag)
             self._holder.single = None
@@ -304,6 +310,11 @@ class TrackedInput(Input[Any]):
 
     def hold(self) -> Held:
         return Held(self._holder, self._held)
+
+    def _hold_sync(self) -> Held:
+        # the last synchronous take, still referenced by the holder's ``loose`` (the call
+        # that took it has not returned) or nothing (_took is cleared when it returns)
+        return Held(self._holder, self._took or _EMPTY)
 
     def _adopt_orphan(self) -> Tag:
         """The tag of an item untracked code took (see ``_release_held``), if any."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from ._errors import ClosedError, ConfigError, safe_repr
-from ._ports import AnyInput, Input, Output, check_buffer_size
+from ._ports import AnyInput, Held, Input, Output, check_buffer_size
 from ._supervision import (
     ERRORS,
     Failure,
@@ -347,6 +347,14 @@ class SyncInput:
         if not self._port._items:
             raise IndexError(f"input {self._port.name!r} has no buffered item")
         return self._port._items[0]
+
+    def hold(self) -> Held:
+        """Keep the item last taken from this input (``pop`` or iteration) held past the
+        return of this call, until ``release()`` on what this returns: ``Input.hold()`` for a
+        plain ``def`` (contract section 12: for state kept across calls, such as windows).
+        Taken nothing in this call: the handle holds nothing. Outside the lineage of an
+        acknowledged source the handle does nothing."""
+        return self._port._hold_sync()
 
     def __len__(self) -> int:
         return len(self._port._items)

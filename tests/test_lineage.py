@@ -327,6 +327,97 @@ def test_hold_on_an_untracked_input_is_harmless() -> None:
     run_checked(wf)
 
 
+class SlowRecorder(Recorder):
+    """A Recorder whose every fetch takes a few milliseconds, so that many commit intervals
+    pass while a window fills."""
+
+    async def fetch(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        await asyncio.sleep(0.003)
+        return await super().fetch(max_items)
+
+
+def test_hold_on_the_sync_view_of_a_plain_def_keeps_a_window_across_calls() -> None:
+    import threading
+
+    src = SlowRecorder(20, batch=1)
+    windows: list[list[int]] = []
+    acked_at_release: list[list[Hashable]] = []
+    threads: set[int] = set()
+    wf = Workflow()
+
+    def window(ins: Any, outs: Any, state: Any) -> bool:
+        threads.add(threading.get_ident())
+        handles, items = state.setdefault("handles", []), state.setdefault("items", [])
+        if not ins.x.closed and len(ins.x) > 1:
+            items.append(ins.x.pop())  # one item through pop, held past this call
+            handles.append(ins.x.hold())
+        for item in ins.x:  # the rest through iteration: hold() keeps the last one taken
+            items.append(item)
+            handles.append(ins.x.hold())
+        if len(items) >= 5 or (ins.x.closed and items):
+            acked_at_release.append(list(src.acked))
+            windows.append(list(items))
+            outs.y.push(sum(items))  # derives from the whole window
+            for held in handles:
+                held.release()
+            handles.clear()
+            items.clear()
+        return False
+
+    window_step = wf.add_stream(Stream(["x"], ["y"], fn=window, name="window"))
+    wf.add_source(src, commit_interval=0.001).pipe(window_step)
+    window_step.pipe(wf.add_stream(Stream(["x"], [], fn=collect, name="sink")))
+
+    async def main() -> int:
+        await wf.start()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads == {loop_thread}  # a plain def's call, and its holds, run on the loop
+    assert [item for w in windows for item in w] == list(range(20))
+    assert len(windows) >= 3
+    for window_items, acked in zip(windows, acked_at_release, strict=True):
+        # no message of a window acked before it was released, however many calls it spanned
+        assert set(window_items).isdisjoint(acked), (window_items, acked)
+    assert sorted(src.acked) == list(range(20))
+    assert not src.nacked
+
+
+def test_hold_on_the_sync_view_holds_nothing_once_its_call_returned() -> None:
+    src = SlowRecorder(6, batch=1)  # one item per call
+    handles: list[Any] = []
+    wf = Workflow()
+
+    def late_hold(ins: Any, outs: Any, state: Any) -> bool:
+        handles.append(ins.x.hold())  # before any take of this call: nothing to keep
+        for _ in ins.x:
+            pass
+        return False
+
+    wf.add_source(src, commit_interval=0.001).pipe(wf.add_stream(Stream(["x"], [], fn=late_hold)))
+    run_checked(wf)
+    assert len(handles) >= 3
+    assert sorted(src.acked) == list(range(6))  # acked once each, none kept by a late hold
+    for held in handles:
+        held.release()  # nothing held: releasing acks nothing twice
+    assert sorted(src.acked) == list(range(6))
+
+
+def test_hold_on_the_sync_view_of_an_untracked_input_is_harmless() -> None:
+    wf = Workflow()
+    seen: list[int] = []
+
+    def body(ins: Any, outs: Any, state: Any) -> bool:
+        for item in ins.x:
+            with ins.x.hold():
+                seen.append(item)
+        return False
+
+    wf.add_source([1, 2, 3]).pipe(wf.add_stream(Stream(["x"], [], fn=body)))
+    run_checked(wf)
+    assert seen == [1, 2, 3]
+
+
 def test_map_stream_out_of_order_jobs_keep_their_own_items() -> None:
     done_items: list[int] = []
 
