@@ -625,6 +625,109 @@ def test_stop_cancels_a_waiting_fetch_that_feeds_an_operator_stage() -> None:
     assert src.calls[-1] == "close"
 
 
+class StopCompletes(Recorder):
+    """A never-ending Recorder with the optional ``fetch_at_stop``: at stop() it has ``extra``
+    more messages to hand out (what the stop completes), then none; it never waits there."""
+
+    def __init__(self, count: int, extra: int, *, fail: bool = False) -> None:
+        super().__init__(count, end=False)
+        self.extra = extra
+        self.fail = fail
+        self.at_stop: list[int] = []  # the max_items of each fetch_at_stop call
+
+    async def fetch_at_stop(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        assert max_items >= 1
+        self.at_stop.append(max_items)
+        if self.fail:
+            raise OSError("the broker went away")
+        if self.extra == 0:
+            return None
+        size = min(max_items, self.extra)
+        self.extra -= size
+        out = [(t, t) for t in range(self.next, self.next + size)]
+        self.next += size
+        return out
+
+
+def test_stop_asks_fetch_at_stop_within_the_cap_and_acks_what_it_hands_out() -> None:
+    src = StopCompletes(10, extra=25)
+    wf = Workflow(buffer_size=64)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.001)
+            state.setdefault("items", []).append(item)
+
+    sink = wf.add_stream(Stream(["x"], [], fn=slow, name="sink"))
+    wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()  # cancels the waiting fetch; then fetch_at_stop, until None
+        await asyncio.wait_for(task, 5.0)
+
+    run_checked(main())
+    assert sink.stream.state["items"] == list(range(35))
+    assert sorted(src.acked) == list(range(35))  # the final flush, before start() returned
+    assert src.calls[-1] == "close"
+    assert src.at_stop[-1] >= 1 and max(src.at_stop) <= 4  # room and max_in_flight hold
+    assert src.max_unacked <= 4
+    assert delivery(wf) == {"fetched": 35, "acked": 35, "nacked": 0, "in_flight": 0}
+
+
+def test_a_fetch_at_stop_that_raises_fails_the_run_naming_the_source() -> None:
+    src = StopCompletes(3, extra=5, fail=True)
+    wf = Workflow()
+    wf.add_source(src, name="orders", commit_interval=10.0).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()
+        await asyncio.wait_for(task, 5.0)
+
+    with pytest.raises(StreamError, match="orders") as info:
+        run_checked(main())
+    assert isinstance(info.value.error, OSError)
+    assert src.calls[-1] == "close"
+    assert sorted(src.acked) == [0, 1, 2]  # what was done is acked, however the run ended
+
+
+def test_cancel_during_the_drain_of_fetch_at_stop_cancels_the_run() -> None:
+    src = StopCompletes(3, extra=10_000)
+    wf = Workflow(buffer_size=2)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            state.setdefault("items", []).append(item)
+            await asyncio.sleep(0.002)
+
+    sink = wf.add_stream(Stream(["x"], [], fn=slow, name="sink"))
+    wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()
+        while len(src.at_stop) < 5:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.cancel()  # in the middle of the drain
+        await asyncio.wait_for(task, 5.0)
+
+    with pytest.raises(mimo_rx.WorkflowCancelled):
+        run_checked(main())
+    assert src.extra > 0  # the drain did not go on to the end
+    assert src.calls[-1] == "close"
+    taken = sink.stream.state["items"]
+    assert set(src.acked) <= set(taken)  # nothing acked that the sink had not taken
+
+
 def test_failure_acks_only_what_is_done() -> None:
     src = Recorder(20, batch=1)
     wf = Workflow(buffer_size=2)
