@@ -154,6 +154,10 @@ def test_add_source_shows_its_real_defaults_and_still_tells_them_from_given_valu
     assert parameters["commit_interval"].default == 0.5
     assert parameters["max_in_flight"].kind is inspect.Parameter.KEYWORD_ONLY
     assert parameters["commit_interval"].kind is inspect.Parameter.KEYWORD_ONLY
+    from mimo_rx._acksources import DEFAULT_COMMIT_INTERVAL, DEFAULT_MAX_IN_FLIGHT
+
+    # what an AckSource gets when neither is given is what the signature shows
+    assert (DEFAULT_MAX_IN_FLIGHT, DEFAULT_COMMIT_INTERVAL) == (1000, 0.5)
     # the default values typed out are still given: a plain source refuses them
     in_flight, interval = int("1000"), float("0.5")  # not the signature's own objects
     with pytest.raises(ConfigError, match="max_in_flight does not apply") as info:
