@@ -141,12 +141,15 @@ class Holder:
         port._held = _EMPTY
         return held
 
-    def release_loose(self) -> None:
-        """A plain ``def``'s call returned (or an Rx chain moved on): what it took is
-        released, and its synchronous views' last takes with it (``hold()`` then holds
-        nothing more)."""
+    def release_call(self) -> None:
+        """A plain ``def``'s call returned (or raised, its ``Failure`` pushed): what it took
+        is released, and its synchronous views forget their last takes (a ``hold()`` in a
+        later call, before any take, holds nothing)."""
         for port in self.inputs:
             port._took = None
+        self.release_loose()
+
+    def release_loose(self) -> None:
         loose, self.loose = self.loose, []
         if loose:
             self.changed()
@@ -158,7 +161,7 @@ class Holder:
             port._release_held()
         for handle in list(self.handles):
             handle.release()
-        self.release_loose()
+        self.release_call()
 
 
 class Held(_Held):
@@ -302,7 +305,7 @@ class TrackedInput(Input[Any]):
     def _take_now(self) -> Any:
         item = Input._take_now(self)
         tag = self._tags.popleft()
-        self._took = tag  # the view's hold() keeps it (until the call returns: release_loose)
+        self._took = tag  # the view's hold() keeps it (until the call returns: release_call)
         if tag:
             self._holder.loose.extend(tag)
             self._holder.single = None

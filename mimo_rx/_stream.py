@@ -499,7 +499,7 @@ async def drive_step_function(
                 failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
                 await report_failure(stream, failure)
                 if stream._holder is not None:  # the Failure derives from what it took
-                    stream._holder.release_loose()
+                    stream._holder.release_call()
                 continue
             if inspect.isawaitable(again):
                 if inspect.iscoroutine(again):
@@ -514,7 +514,7 @@ async def drive_step_function(
                 await view._flush()
             holder = stream._holder
             if holder is not None:  # once per call: a plain def releases what it took
-                holder.release_loose()
+                holder.release_call()
             if not inputs and (stopping or not again):
                 return  # what it pushed is delivered
             if again:
