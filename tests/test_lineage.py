@@ -650,6 +650,8 @@ class StopCompletes(Recorder):
         self.extra -= size
         out = [(t, t) for t in range(self.next, self.next + size)]
         self.next += size
+        unacked = self.next - len(self.acked) - len(self.nacked)
+        self.max_unacked = max(self.max_unacked, unacked)
         return out
 
 
