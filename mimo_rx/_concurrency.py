@@ -247,16 +247,16 @@ class _MapStream(Stream):
         try:
             while True:
                 while (job := jobs.next_ready()) is not None:
-                    tag = getattr(job, "tag", ())  # unset: submitted before tracking began
+                    tag = getattr(job, "tag", None)  # unset: submitted before tracking began
                     try:
                         value = jobs.result(job)
                     except Exception as exc:
                         if not resume:
                             raise
                         failure = Failure(step_name(self), exc, job.item, "x")
-                        await report_failure(self, failure, tag or None)
+                        await report_failure(self, failure, tag)
                     else:
-                        await y._push_tag(value, tag or None)
+                        await y._push_tag(value, tag)
                     decref(tag)
                 while jobs.in_flight < limit and len(x):
                     await take()
