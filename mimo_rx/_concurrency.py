@@ -184,6 +184,8 @@ class _MapStream(Stream):
         self.timeout = None if timeout is None else float(timeout)
 
     async def run(self, ins: Ports, outs: Ports) -> None:
+        if self.fn_is_async and self.concurrency == 1:
+            return await self._run_inline(ins.x, outs.y)
         if self._holder is not None:
             return await self._run_tracked(ins.x, outs.y, _Jobs(self, ins.x._rt))
         x: Input[Any] = ins.x
@@ -224,6 +226,34 @@ class _MapStream(Stream):
                 await jobs.wait(x if jobs.in_flight < limit else None)
         finally:
             await jobs.close()
+
+    async def _run_inline(self, x: Input[Any], y: Output[Any]) -> None:
+        """``concurrency=1`` with an ``async def fn``: each call runs in the stream's own
+        task, before the next item is taken. The order, the single slot and back-pressure
+        are those of one job task at a time, without a task (and the loop turns it costs) per
+        item: a job that does not suspend lets the stream go on through its buffer at once.
+        The item stays held while ``fn`` runs (contract section 12), so its result, or its
+        Failure, derives from it as in any stream."""
+        call = self._call_with_retries if self.retries or self.timeout is not None else self.func
+        if self._on_error != "resume":
+            async for item in x:
+                await y.push(await call(item))
+            return
+        async for item in x:
+            try:
+                value = await call(item)
+            except Exception as exc:  # fn failed for good: skip its item
+                await report_failure(self, Failure(step_name(self), exc, item, "x"))
+                continue
+            await y.push(value)
+
+    async def _call_with_retries(self, item: Any) -> Any:
+        fn, timeout = self.func, self.timeout
+
+        async def attempt() -> Any:
+            return await await_with_timeout(fn(item), timeout)
+
+        return await with_retries(attempt, self.retries, self.backoff)
 
     async def _run_tracked(self, x: Any, y: Any, jobs: _Jobs) -> None:
         """``run`` downstream of an acknowledged source (contract section 12): each job keeps
