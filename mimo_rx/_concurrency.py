@@ -1,7 +1,8 @@
 """map_stream: one stage that runs ``fn`` on many items at once, with back-pressure intact.
 
 ``map_stream(fn, concurrency=4)`` is a one-input (``x``), one-output (``y``) stream. An
-``async def fn`` runs as up to ``concurrency`` tasks on the event loop; a plain ``fn`` runs on
+``async def fn`` runs as up to ``concurrency`` tasks on the event loop (with one, in the
+stream's own task: ``_run_inline``); a plain ``fn`` runs on
 a ``concurrent.futures.Executor``: threads, processes, or a Dask cluster
 (``distributed.Client(...).get_executor()``). The API follows aiostream's
 ``map(task_limit=...)`` and Akka's ``mapAsync``/``mapAsyncUnordered``.
