@@ -572,17 +572,7 @@ class TrackedOutput(Output[Any]):
         """Push ``item`` as deriving from ``tag`` (which the caller keeps its own
         reference to): the general path of ``push``, and the entry of map_stream's jobs,
         operator stages and inlets."""
-        if self._lossy:
-            self._since_yield += 1
-            if self._since_yield > self._lossy[0][0].threshold:
-                self._since_yield = 0
-                await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
-        if self.closed:
-            raise ClosedError(self.stream_name, self.name)
-        for target in self.targets:
-            if len(target._items) >= target.threshold:
-                await self._wait_for_room()
-                break
+        await self._before_delivery()
         self._deliver_all_tagged(item, tag)
         return True
 
@@ -631,20 +621,13 @@ class TrackedOutput(Output[Any]):
                 source = "pipe:" + self.stream_name
                 for target, policy in self._lossy:
                     target._offer_tagged(items[0], tickets[0], policy, source)  # type: ignore[attr-defined]
-                if self._lossy_due():
+                if self._yield_due():
                     await asyncio.sleep(0)  # lossy inputs never pause us: let others run
             if self.observers:
                 for item in items:
                     self._notify(item)
             for ticket in tickets:
                 decref(ticket)
-
-    def _lossy_due(self) -> bool:
-        self._since_yield += 1
-        if self._since_yield > self._lossy[0][0].threshold:
-            self._since_yield = 0
-            return True
-        return False
 
     def _deliver_all_tagged(self, item: Any, tag: Tag) -> None:
         self.pushed += 1
