@@ -1,7 +1,8 @@
 """map_stream: one stage that runs ``fn`` on many items at once, with back-pressure intact.
 
 ``map_stream(fn, concurrency=4)`` is a one-input (``x``), one-output (``y``) stream. An
-``async def fn`` runs as up to ``concurrency`` tasks on the event loop; a plain ``fn`` runs on
+``async def fn`` runs as up to ``concurrency`` tasks on the event loop (with one, in the
+stream's own task: ``_run_inline``); a plain ``fn`` runs on
 a ``concurrent.futures.Executor``: threads, processes, or a Dask cluster
 (``distributed.Client(...).get_executor()``). The API follows aiostream's
 ``map(task_limit=...)`` and Akka's ``mapAsync``/``mapAsyncUnordered``.
@@ -184,6 +185,8 @@ class _MapStream(Stream):
         self.timeout = None if timeout is None else float(timeout)
 
     async def run(self, ins: Ports, outs: Ports) -> None:
+        if self.fn_is_async and self.concurrency == 1:
+            return await self._run_inline(ins.x, outs.y)
         if self._holder is not None:
             return await self._run_tracked(ins.x, outs.y, _Jobs(self, ins.x._rt))
         x: Input[Any] = ins.x
@@ -225,6 +228,34 @@ class _MapStream(Stream):
         finally:
             await jobs.close()
 
+    async def _run_inline(self, x: Input[Any], y: Output[Any]) -> None:
+        """``concurrency=1`` with an ``async def fn``: each call runs in the stream's own
+        task, before the next item is taken. The order, the single slot and back-pressure
+        are those of one job task at a time, without a task (and the loop turns it costs) per
+        item: a job that does not suspend lets the stream go on through its buffer at once.
+        The item stays held while ``fn`` runs (contract section 12), so its result, or its
+        Failure, derives from it as in any stream."""
+        call = self._call_with_retries if self.retries or self.timeout is not None else self.func
+        if self._on_error != "resume":
+            async for item in x:
+                await y.push(await call(item))
+            return
+        async for item in x:
+            try:
+                value = await call(item)
+            except Exception as exc:  # fn failed for good: skip its item
+                await report_failure(self, Failure(step_name(self), exc, item, "x"))
+                continue
+            await y.push(value)
+
+    async def _call_with_retries(self, item: Any) -> Any:
+        fn, timeout = self.func, self.timeout
+
+        async def attempt() -> Any:
+            return await await_with_timeout(fn(item), timeout)
+
+        return await with_retries(attempt, self.retries, self.backoff)
+
     async def _run_tracked(self, x: Any, y: Any, jobs: _Jobs) -> None:
         """``run`` downstream of an acknowledged source (contract section 12): each job keeps
         the tickets of its own item (taken out of the stream's holder), and its result, or its
@@ -247,16 +278,16 @@ class _MapStream(Stream):
         try:
             while True:
                 while (job := jobs.next_ready()) is not None:
-                    tag = getattr(job, "tag", ())  # unset: submitted before tracking began
+                    tag = getattr(job, "tag", None)  # unset: submitted before tracking began
                     try:
                         value = jobs.result(job)
                     except Exception as exc:
                         if not resume:
                             raise
                         failure = Failure(step_name(self), exc, job.item, "x")
-                        await report_failure(self, failure, tag or None)
+                        await report_failure(self, failure, tag)
                     else:
-                        await y._push_tag(value, tag or None)
+                        await y._push_tag(value, tag)
                     decref(tag)
                 while jobs.in_flight < limit and len(x):
                     await take()

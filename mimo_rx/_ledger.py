@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from ._lineage import Holder, Ticket
+from ._lineage import NACK, PAYLOAD, Holder, Ticket, new_ticket
 
 if TYPE_CHECKING:
     from ._acksource import AckSource
@@ -40,8 +40,11 @@ class Ledger:
         self.fetched = 0
         self.acked = 0
         self.nacked = 0
-        self._acks: list[Hashable] = []
-        self._nacks: list[Hashable] = []
+        self._done: list[Ticket] = []  # done, not yet passed to ack()/nack()
+        # The owner's callback of every ticket, once per message. While the source does not
+        # wait for it, it only queues the ticket (a C call: no per-message Python frame);
+        # _set_done swaps in the variants that wake the source or, at the end, ignore it.
+        self.done: Callable[[Ticket], None] = self._done.append
         self._room: asyncio.Future[None] | None = None  # the source waits for the cap
         self._more: asyncio.Future[None] | None = None  # ... for the low-water mark
         self._need = 0  # the room the source waits for in ``wait_for_more``
@@ -71,29 +74,43 @@ class Ledger:
 
     def ticket(self, token: Hashable) -> Ticket:
         self.fetched += 1
-        return Ticket(self, token)
+        return new_ticket(self, token)
 
     def freeze(self) -> None:
         """The run fails or is cancelled: what is done from now on (buffers discarded by
         the shutdown) is not handled; it comes again next time. What was done is acked."""
         self._finished = True
+        self._set_done()
 
-    def done(self, ticket: Ticket) -> None:
-        if self._finished:
-            return  # the run failed, or has ended and closed the source: it comes again
-        (self._nacks if ticket.nack else self._acks).append(ticket.token)
-        if self._room is not None:  # the cap is reached: pass it on at once
-            wake = self._wake  # _kick, inlined: one call per message
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+    def _set_done(self) -> None:
+        """Pick ``done`` for the source's state (see ``__init__``)."""
+        if self._finished:  # the run failed, or has ended and closed the source: it comes again
+            self.done = _ignore
+        elif self._room is not None:
+            self.done = self._done_at_cap
         elif self._more is not None:
-            self._short -= 1
-            if not self._short:  # enough is done for the source's low-water mark: one ack
-                self._kick()
+            self.done = self._done_counted
+        else:
+            self.done = self._done.append
+
+    def _done_at_cap(self, ticket: Ticket) -> None:
+        """``done`` while the cap is reached: pass it on at once. Once the flusher is
+        woken, what is done next only queues: the flush takes it too, or flushes again."""
+        self._done.append(ticket)
+        self._kick()
+        self.done = self._done.append
+
+    def _done_counted(self, ticket: Ticket) -> None:
+        """``done`` while the source waits for its low-water mark."""
+        self._done.append(ticket)
+        self._short -= 1
+        if not self._short:  # enough is done for the source's low-water mark: one ack
+            self._kick()
+            self.done = self._done.append  # as _done_at_cap
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
         if not taken:
-            ticket.nack = True
+            ticket[NACK] = True
 
     # -- the cap ---------------------------------------------------------------------------
 
@@ -101,7 +118,7 @@ class Ledger:
         return self.max_in_flight - self.in_flight
 
     def _room_after_flush(self) -> int:
-        return self.room() + len(self._acks) + len(self._nacks)
+        return self.room() + len(self._done)
 
     async def wait_for_more(self, need: int, delay: float) -> None:
         """The room is below the source's low-water mark ``need``: wait until the messages
@@ -116,10 +133,11 @@ class Ledger:
             self._kick()
         waiter: asyncio.Future[None] = loop.create_future()
         self._more = waiter
+        self._set_done()
         timer = loop.call_later(delay, _resolve, waiter)
         try:
             await waiter
-            if self.room() < need and (self._acks or self._nacks) and not self._closing:
+            if self.room() < need and self._done and not self._closing:
                 # the timer: pass on what is done so far, and fetch as soon as it is
                 self._need = 1
                 self._short = 0  # due: flushed at once, even after a flush under way
@@ -131,6 +149,7 @@ class Ledger:
             timer.cancel()
             self._more = None
             self._need = 0
+            self._set_done()
 
     async def wait_for_room(self, runtime: StepRuntime) -> None:
         """Wait until fewer than ``max_in_flight`` messages are in flight (fetched and not
@@ -138,13 +157,15 @@ class Ledger:
         while self.room() <= 0:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room = waiter
-            if self._acks or self._nacks:  # done before we waited: send them now
+            self._set_done()
+            if self._done:  # done before we waited: send them now
                 self._kick()
             parked = runtime.park("fetch()", _CapWait(self), waiter)
             try:
                 await waiter
             finally:
                 self._room = None
+                self._set_done()
                 if parked is not None:
                     runtime.unpark(parked)
 
@@ -177,7 +198,7 @@ class Ledger:
             await self._flush(once=not self._closing)
             # what was done during that ack() call is due commit_interval after it began
             delay = self.commit_interval
-            if self._acks or self._nacks:
+            if self._done:
                 delay = max(0.0, delay - (loop.time() - started))
             if self._closing:
                 return
@@ -185,7 +206,7 @@ class Ledger:
     def _due(self) -> bool:
         """Tokens are queued and the source waits for them (at the cap, or its low-water
         mark is reached): flush again at once rather than at the next commit tick."""
-        return bool(self._acks or self._nacks) and (
+        return bool(self._done) and (
             self._room is not None or (self._more is not None and self._short <= 0)
         )
 
@@ -194,9 +215,11 @@ class Ledger:
         (which is when the source waiting for the cap may fetch again). ``once``: one batch
         (what is done meanwhile waits for the next wake, so a slow ``ack()`` is not called
         for every message or two done during the previous call)."""
-        while (self._acks or self._nacks) and self.error is None:
-            acks, self._acks = self._acks, []
-            nacks, self._nacks = self._nacks, []
+        while self._done and self.error is None:
+            done = self._done[:]
+            self._done.clear()  # the same list: ``done`` may be its append
+            acks = [ticket[PAYLOAD] for ticket in done if not ticket[NACK]]
+            nacks = [ticket[PAYLOAD] for ticket in done if ticket[NACK]]
             self.acked += len(acks)
             self.nacked += len(nacks)
             room = self._room
@@ -235,6 +258,7 @@ class Ledger:
             await self._flush()
         finally:
             self._finished = True
+            self._set_done()
             if self.opened:
                 self.opened = False
                 await self.source.close()
@@ -265,9 +289,13 @@ class _CapWait:
         flusher free room by themselves (it passes them on as soon as an ``ack()`` under way,
         a source's own I/O, has returned), so the wait is not a deadlock then either."""
         ledger = self.ledger
-        if ledger._acks or ledger._nacks:
+        if ledger._done:
             return True
         return not {runtime for _, runtime in ledger.holders} <= stuck
+
+
+def _ignore(ticket: Ticket) -> None:
+    pass
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

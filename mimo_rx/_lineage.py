@@ -7,22 +7,31 @@ made from it anywhere in the graph, is *done*. This module keeps that account.
   references. At zero it is done, and it tells its *owner* (the source's ``Ledger``, or the
   waiting inlet call), which acks it (or nacks it, when a ``Failure`` derived from it was never
   taken by any stream).
-* **Tag.** An item in the graph carries a tag: the tuple of tickets it derives from (``None``
-  for an untracked item). Each buffered copy of an item holds one reference per ticket of its
-  tag, so a fan-out to ``n`` inputs takes ``n`` references. Tags travel in a deque parallel to
+* **Tag.** An item in the graph carries a tag: the one node it derives from (``None`` for an
+  untracked item). A node is a ticket, or a *group*: a node that holds one reference to each
+  of several nodes (what a stream holding several items at once pushes, or a batch it took)
+  and lets them go when it is done itself. Each buffered copy of an item holds one reference to
+  its tag, so a fan-out to ``n`` inputs takes ``n``. Tags travel in a deque parallel to
   ``Input._items`` (``Input._tags``), only on tracked inputs.
-* **Holder.** A stream that takes an item moves the copy's references from the buffer to the
-  input's ``_held`` slot, part of the stream's :class:`Holder`. They are released when the
+* **Holder.** A stream that takes an item moves the copy's reference from the buffer to the
+  input's ``_held`` slot, part of the stream's :class:`Holder`. It is released when the
   stream next asks that input for more (``pop``/``pop_many``/the next step of ``async for`` or
   ``batches()``, before it waits; ``peek`` does not ask), when its run returns normally, or, for
   a plain ``def`` stream, when its call returns. ``ins.x.hold()`` returns a :class:`Held` that
   keeps the last take of ``x`` referenced until ``release()``. A push derives from everything
-  the stream holds at that moment (the union of the tickets, :meth:`Holder.tag`). A stream that
-  raises keeps what it holds: with ``on_error="resume"`` the pushed ``Failure`` derives from it,
-  otherwise the run fails and nothing more is acked.
+  the stream holds at that moment (one input's last take as it is, or a group of all it holds:
+  :meth:`Holder.tag`). A stream that raises keeps what it holds: with ``on_error="resume"``
+  the pushed ``Failure`` derives from it, otherwise the run fails and nothing more is acked.
 * **Explicit tags.** Streams that handle several items at once in their own code
   (``map_stream``'s jobs, operator stages) take the references out of the holder
   (:func:`detach`) and push their result with :meth:`TrackedOutput._push_tag`.
+
+**Representation.** A node is a list ``[refs, owner, payload, nack]`` (``REFS``, ``OWNER``,
+``PAYLOAD``, ``NACK``): one is made per fetched message, and a list is three times cheaper to
+make than an object with ``__init__``. A ticket's payload is its token; a group's owner is
+:data:`GROUP` and its payload the list of its nodes. The hot paths below index nodes with
+literals (``tag[0] += 1``) for speed; everything else goes through :func:`incref`,
+:func:`decref`, :func:`group` and :func:`tickets_of`.
 
 **Zero cost when unused.** Nothing here runs for a graph without acknowledged sources: at
 wiring time (:func:`track`) the run switches the class of exactly the inputs and outputs
@@ -43,9 +52,10 @@ from ._ports import Held as _Held
 from ._ports import Input, Output
 from ._unawaited import recognise
 
-Tag = tuple["Ticket", ...] | None
+Ticket = list[Any]  # a node: [refs, owner, payload, nack]
+Tag = Ticket | None
 
-_EMPTY: tuple[Ticket, ...] = ()
+REFS, OWNER, PAYLOAD, NACK = 0, 1, 2, 3
 
 
 class Owner(Protocol):
@@ -56,44 +66,106 @@ class Owner(Protocol):
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None: ...
 
 
-class Ticket:
-    """One fetched message: the references to it still alive in the graph."""
+def new_ticket(owner: Owner, token: Any) -> Ticket:
+    """A ticket with one reference, its creator's (released once it has pushed the item)."""
+    return [1, owner, token, False]
 
-    __slots__ = ("nack", "owner", "refs", "token")
 
-    def __init__(self, owner: Owner, token: Any) -> None:
-        self.owner = owner
-        self.token = token
-        self.refs = 1  # the creator's own reference, released once it has pushed the item
-        self.nack = False  # a Failure derived from it that no stream took: nack, not ack
+class _Group:
+    """The owner of every group node: a group that is done lets go of its nodes."""
 
-    def __repr__(self) -> str:
-        return f"<Ticket {self.token!r} refs={self.refs}>"
+    def done(self, node: Ticket) -> None:
+        for member in node[PAYLOAD]:
+            decref(member)
+
+
+GROUP = _Group()
 
 
 def incref(tag: Tag) -> None:
-    if tag:
-        for ticket in tag:
-            ticket.refs += 1
+    if tag is not None:
+        tag[REFS] += 1
 
 
-def decref(tickets: Iterable[Ticket]) -> None:
-    for ticket in tickets:
-        ticket.refs -= 1
-        if ticket.refs == 0:
-            ticket.owner.done(ticket)
+def decref(tag: Tag) -> None:
+    if tag is not None:
+        tag[REFS] -= 1
+        if not tag[REFS]:
+            # Looked up as an attribute, then called: a ledger's ``done`` is an attribute of
+            # its own, which CPython's method-call cache cannot serve (it would look it up
+            # the slow way for every message).
+            done = tag[OWNER].done
+            done(tag)
 
 
-def union(tickets: Iterable[Ticket]) -> Tag:
-    return tuple(dict.fromkeys(tickets)) or None
+def group(nodes: Sequence[Ticket]) -> Tag:
+    """A node deriving from every one of ``nodes``, with one reference of the caller's
+    (release it with :func:`decref`): ``None`` for none, the node itself for one."""
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        node = nodes[0]
+        node[REFS] += 1
+        return node
+    for node in nodes:
+        node[REFS] += 1
+    return [1, GROUP, list(nodes), False]
+
+
+def _moved(nodes: list[Ticket]) -> Tag:
+    """Like :func:`group`, but the caller's references to ``nodes`` move into it."""
+    if not nodes:
+        return None
+    return nodes[0] if len(nodes) == 1 else [1, GROUP, nodes, False]
+
+
+def tickets_of(tag: Tag) -> list[Ticket]:
+    """The distinct tickets ``tag`` derives from."""
+    found: dict[int, Ticket] = {}
+    stack = [] if tag is None else [tag]
+    while stack:
+        node = stack.pop()
+        if node[OWNER] is GROUP:
+            stack.extend(node[PAYLOAD])
+        else:
+            found[id(node)] = node
+    return list(found.values())
+
+
+def fail(tag: Tag, failure: Any, taken: bool) -> None:
+    """A ``Failure`` derived from ``tag`` was pushed (``taken``: to a stream): tell the
+    owner of each of its tickets once."""
+    for ticket in tickets_of(tag):
+        ticket[OWNER].failed(ticket, failure, taken)
+
+
+def switch_class(obj: Any, cls: type) -> None:
+    """Give ``obj`` the class ``cls`` (a tracked variant of its own)."""
+    obj.__class__ = cls
+    if hasattr(obj, "__dict__"):
+        # An object whose class was switched keeps its attribute values laid out for the
+        # old class, which defeats CPython's attribute caches (each access 2-3x slower, and
+        # an output is read on every push): a fresh dict of the same attributes restores them.
+        obj.__dict__ = dict(obj.__dict__)
+
+
+class _NothingHeld:
+    """The ``single`` of a holder with no input: a push derives from nothing."""
+
+    __slots__ = ()
+    _held: Tag = None
+
+
+_NOTHING_HELD: Any = _NothingHeld()
 
 
 class Holder:
     """What one stream holds: the last take of each of its inputs, its ``hold()`` handles
     and what its plain-``def`` call or Rx chain took (``loose``).
 
-    ``single`` is the stream's only input while it holds nothing else: then a push derives
-    from that input's last take as it is (the hot path reads it directly).
+    ``single`` is the stream's only input while it holds nothing else (a stand-in whose
+    ``_held`` is ``None`` for a stream with no input): then a push derives from that input's
+    last take as it is (the hot path reads it directly). Otherwise it is ``None``.
     """
 
     __slots__ = ("_only", "handles", "inputs", "loose", "name", "single")
@@ -103,8 +175,8 @@ class Holder:
         self.inputs: list[TrackedInput] = []
         self.handles: list[Held] = []
         self.loose: list[Ticket] = []
-        self.single: TrackedInput | None = None
-        self._only: TrackedInput | None = None  # the one input, if there is exactly one
+        self._only: Any = _NOTHING_HELD  # the one input, if there is exactly one
+        self.single: Any = _NOTHING_HELD
 
     def add_input(self, port: TrackedInput) -> None:
         self.inputs.append(port)
@@ -116,29 +188,28 @@ class Holder:
         self.single = None if self.handles or self.loose else self._only
 
     def tag(self) -> Tag:
-        """The tickets a push derives from now (a ticket may repeat: each occurrence is one
-        reference, taken and released alike)."""
-        single = self.single
-        if single is not None:
-            return single._held or None
-        return union(self._all())
+        """The node a push derives from now, with a reference of the caller's (release it
+        with :func:`decref` once pushed)."""
+        return group(list(self._all()))
 
     def _all(self) -> Iterator[Ticket]:
         for port in self.inputs:
-            yield from port._held
+            if port._held is not None:
+                yield port._held
         for handle in self.handles:
-            yield from handle.tickets
+            if handle.node is not None:
+                yield handle.node
         yield from self.loose
 
     def holds(self) -> int:
         """How many distinct tickets it holds (for a deadlock report)."""
-        return len(set(self._all()))
+        return sum(len(tickets_of(node)) for node in self._all())
 
-    def detach(self, port: TrackedInput) -> tuple[Ticket, ...]:
-        """Take the references of ``port``'s last take out of the holder (the caller now
-        owns them and must :func:`decref` them)."""
-        held: tuple[Ticket, ...] = port._held
-        port._held = _EMPTY
+    def detach(self, port: TrackedInput) -> Tag:
+        """Take the reference of ``port``'s last take out of the holder (the caller now
+        owns it and must :func:`decref` it)."""
+        held: Tag = port._held
+        port._held = None
         return held
 
     def release_call(self) -> None:
@@ -153,7 +224,8 @@ class Holder:
         loose, self.loose = self.loose, []
         if loose:
             self.changed()
-            decref(loose)
+            for node in loose:
+                decref(node)
 
     def release_all(self) -> None:
         """The stream returned normally: everything it holds is done with."""
@@ -164,28 +236,31 @@ class Holder:
         self.release_call()
 
 
+_UNTRACKED = Holder("")  # the holder of an untracked stream's outputs: it holds nothing
+
+
 class Held(_Held):
     """What ``ins.x.hold()`` returns on a tracked input: the last take of ``x`` stays held
     until :meth:`release` (after which the ordinary rule applies to it again)."""
 
-    __slots__ = ("_holder", "tickets")
+    __slots__ = ("_holder", "node")
 
-    def __init__(self, holder: Holder | None, tickets: tuple[Ticket, ...]) -> None:
+    def __init__(self, holder: Holder | None, node: Tag) -> None:
         self._holder = holder
-        self.tickets = tickets
-        incref(tickets)
+        self.node = node
+        incref(node)
         if holder is not None:
             holder.handles.append(self)
             holder.changed()
 
     def release(self) -> None:
         """Let go of the held item (or batch); releasing twice does nothing."""
-        tickets, self.tickets = self.tickets, _EMPTY
+        node, self.node = self.node, None
         holder, self._holder = self._holder, None
         if holder is not None:
             holder.handles.remove(self)
             holder.changed()
-        decref(tickets)
+        decref(node)
 
 
 class Waiter:
@@ -219,50 +294,50 @@ class TrackedInput(Input[Any]):
 
     def _release_held(self) -> None:
         held = self._held
-        if held:
-            self._held = _EMPTY
+        if held is not None:
+            self._held = None
             decref(held)
 
     def _take_tag(self, tag: Tag) -> None:
         held = self._held
-        if held:  # a take not preceded by a release (an iterator made before tracking)
-            self._held = _EMPTY
+        if held is not None:  # a take not preceded by a release (an iterator made before tracking)
+            self._held = None
             decref(held)
-        self._held = tag or _EMPTY
+        self._held = tag
 
     async def pop(self) -> Any:
-        held = self._held
-        if held:  # asking for more releases the last take (decref, inlined)
-            self._held = _EMPTY
-            for ticket in held:
-                ticket.refs -= 1
-                if not ticket.refs:
-                    ticket.owner.done(ticket)
         items = self._items
-        if not items:
+        if not items:  # asking for more releases the last take, before waiting
+            self._release_held()
             await self._wait_for_item("pop()")
+        held = self._held
         item = items.popleft()
-        self._held = self._tags.popleft() or _EMPTY
+        self._held = self._tags.popleft()
+        if held is not None:  # the last take is let go (decref, inlined)
+            held[0] -= 1
+            if not held[0]:
+                done = held[1].done  # not held[1].done(held): see decref
+                done(held)
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
 
     async def __anext__(self) -> Any:
-        held = self._held
-        if held:
-            self._held = _EMPTY
-            for ticket in held:
-                ticket.refs -= 1
-                if not ticket.refs:
-                    ticket.owner.done(ticket)
         items = self._items
-        if not items:
+        if not items:  # as pop
+            self._release_held()
             try:
                 await self._wait_for_item("async for")
             except EndOfStream:
                 raise StopAsyncIteration from None
+        held = self._held
         item = items.popleft()
-        self._held = self._tags.popleft() or _EMPTY
+        self._held = self._tags.popleft()
+        if held is not None:
+            held[0] -= 1
+            if not held[0]:
+                done = held[1].done  # not held[1].done(held): see decref
+                done(held)
         if self._producers and len(items) <= self._low:
             self._release_producers()
         return item
@@ -281,14 +356,10 @@ class TrackedInput(Input[Any]):
         return _TrackedBatches(self, max_items)
 
     def _take_batch(self, max_items: int | None) -> list[Any]:
-        tags = self._tags
         count = len(self._items) if max_items is None else min(max_items, len(self._items))
-        taken: list[Ticket] = []
-        for _ in range(count):
-            tag = tags.popleft()
-            if tag:
-                taken.extend(tag)
-        self._take_tag(tuple(taken))
+        popleft = self._tags.popleft
+        taken = [tag for tag in [popleft() for _ in range(count)] if tag is not None]
+        self._take_tag(_moved(taken))
         return Input._take_batch(self, max_items)
 
     def _take_all(self) -> list[Any]:
@@ -296,8 +367,8 @@ class TrackedInput(Input[Any]):
         return Input._take_all(self)
 
     def _take_tags(self, count: int) -> list[Tag]:
-        tags = self._tags
-        return [tags.popleft() for _ in range(count)]
+        popleft = self._tags.popleft
+        return [popleft() for _ in range(count)]
 
     def _give_back_tags(self, tags: list[Tag]) -> None:
         self._tags.extendleft(reversed(tags))
@@ -306,8 +377,8 @@ class TrackedInput(Input[Any]):
         item = Input._take_now(self)
         tag = self._tags.popleft()
         self._took = tag  # the view's hold() keeps it (until the call returns: release_call)
-        if tag:
-            self._holder.loose.extend(tag)
+        if tag is not None:
+            self._holder.loose.append(tag)
             self._holder.single = None
         return item
 
@@ -317,7 +388,7 @@ class TrackedInput(Input[Any]):
     def _hold_sync(self) -> Held:
         # the last synchronous take, still referenced by the holder's ``loose`` (the call
         # that took it has not returned) or nothing (_took is cleared when it returns)
-        return Held(self._holder, self._took or _EMPTY)
+        return Held(self._holder, self._took)
 
     def _adopt_orphan(self) -> Tag:
         """The tag of an item untracked code took (see ``_release_held``), if any."""
@@ -330,9 +401,8 @@ class TrackedInput(Input[Any]):
             return
         self._items.append(item)
         self._tags.append(tag)
-        if tag:
-            for ticket in tag:
-                ticket.refs += 1
+        if tag is not None:
+            tag[0] += 1
         self._arrived()
 
     def _deliver(self, item: Any) -> None:
@@ -355,15 +425,15 @@ class TrackedInput(Input[Any]):
             old = self._tags.popleft()
             self.dropped += 1
             self._deliver_tagged(item, tag)
-            if old:
-                decref(old)
+            decref(old)
         elif policy == "latest":
             self.dropped += len(self._items)
             self._items.clear()
             old_tags = list(self._tags)
             self._tags.clear()
             self._deliver_tagged(item, tag)
-            decref(t for tag_ in old_tags if tag_ for t in tag_)
+            for old in old_tags:
+                decref(old)
         elif policy == "discard":
             self.discarded += 1
         else:
@@ -374,11 +444,12 @@ class TrackedInput(Input[Any]):
         tags = self._tags
         if len(tags) > len(self._items):  # taken by untracked code: held, not buffered
             orphan = tags.popleft()
-            if orphan:
-                self._held = (*self._held, *orphan)
-        if any(tags):
+            if orphan is not None:
+                self._held = _moved([node for node in (self._held, orphan) if node is not None])
+        if any(tag is not None for tag in tags):
             self._tags = deque([None] * len(tags))
-            decref(t for tag in tags if tag for t in tag)
+            for tag in tags:
+                decref(tag)
 
     def _finish(self) -> None:
         if not self._finished:
@@ -449,10 +520,10 @@ class _TrackedBatches:
 
 class TrackedOutput(Output[Any]):
     """An output whose pushes carry a tag: by default what its stream holds (its holder's
-    :meth:`Holder.tag`; ``None`` for a stream that is not tracked itself). Every blocking,
+    :meth:`Holder.tag`; nothing for a stream that is not tracked itself). Every blocking,
     lossy and switched input it feeds is tracked."""
 
-    _holder: Holder | None = None
+    _holder: Holder = _UNTRACKED
     # Called with (failure tag) when a Failure is pushed on an ``errors`` output (see
     # _supervision.report_failure); set by track() on such outputs.
     _is_errors = False
@@ -486,73 +557,36 @@ class TrackedOutput(Output[Any]):
         self._tfast = None
         super()._fail(error)
 
-    def _current_tag(self) -> Tag:
-        holder = self._holder
-        return None if holder is None else holder.tag()
-
     async def push(self, item: Any) -> bool:
-        # The hot path of a tracked graph: _push_tag with the tag read from the holder
-        # (its single input's last take, as it is), inlined.
-        holder = self._holder
-        if holder is None:
-            tag: Tag = None
-        else:
-            single = holder.single
-            tag = (single._held or None) if single is not None else holder.tag()
+        # The hot path of a tracked graph: the stream holds one input's last take (or
+        # nothing), which the item derives from as it is; one input with room takes it.
+        single = self._holder.single
+        if single is None:  # the stream holds several things: the item derives from all
+            tag = self._holder.tag()
+            try:
+                return await self._push_tag(item, tag)
+            finally:
+                decref(tag)
+        tag = single._held
         fast = self._tfast
         if fast is not None:  # one input, below its peak so far: nothing else to check
             buffered = fast._items
             if len(buffered) < fast._mark:
                 buffered.append(item)
                 fast._tags.append(tag)
-                if tag:
-                    for ticket in tag:
-                        ticket.refs += 1
+                if tag is not None:
+                    tag[0] += 1
                 self.pushed += 1
                 if fast._getter is not None:
                     fast._wake_getter()
                 return True
-        if self._lossy or self.closed:
-            return await self._push_tag(item, tag)
-        targets = self.targets
-        for target in targets:
-            if len(target._items) >= target.threshold:
-                await self._wait_for_room()
-                break
-        self.pushed += 1
-        for target in targets:  # TrackedInput._deliver_tagged, inlined
-            if target._finished or target._late:  # type: ignore[attr-defined]
-                target._deliver_tagged(item, tag)  # type: ignore[attr-defined]
-                continue
-            items = target._items
-            items.append(item)
-            target._tags.append(tag)
-            if tag:
-                for ticket in tag:
-                    ticket.refs += 1
-            if len(items) > target.peak:
-                target._note_peak(len(items))
-            if target._getter is not None:
-                target._wake_getter()
-        if self.observers:
-            self._notify(item)
-        return True
+        return await self._push_tag(item, tag)
 
     async def _push_tag(self, item: Any, tag: Tag) -> bool:
         """Push ``item`` as deriving from ``tag`` (which the caller keeps its own
-        references to): the internal entry of map_stream's jobs, operator stages and the
-        acknowledged source."""
-        if self._lossy:
-            self._since_yield += 1
-            if self._since_yield > self._lossy[0][0].threshold:
-                self._since_yield = 0
-                await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
-        if self.closed:
-            raise ClosedError(self.stream_name, self.name)
-        for target in self.targets:
-            if len(target._items) >= target.threshold:
-                await self._wait_for_room()
-                break
+        reference to): the general path of ``push``, and the entry of map_stream's jobs,
+        operator stages and inlets."""
+        await self._before_delivery()
         self._deliver_all_tagged(item, tag)
         return True
 
@@ -574,41 +608,40 @@ class TrackedOutput(Output[Any]):
                 room = 1  # lossy inputs: one by one, yielding as _push_tag does
             chunk = pairs[position : position + room]
             position += len(chunk)
-            tickets = [Ticket(owner, token) for token, _ in chunk]
             items = [item for _, item in chunk]
-            tags = [(ticket,) for ticket in tickets]
-            copies = 0
+            plain = [t for t in targets if not t._finished and not t._late]  # type: ignore[attr-defined]
+            if len(plain) == len(targets) and plain and not self._lossy:
+                # The common case: each ticket starts with one reference per buffered copy.
+                copies = len(plain)
+                tickets = [[copies, owner, token, False] for token, _ in chunk]
+                for target in plain:
+                    target._items.extend(items)
+                    target._tags.extend(tickets)
+                    target._arrived()
+                self.pushed += len(items)
+                if self.observers:
+                    for item in items:
+                        self._notify(item)
+                continue
+            tickets = [[1, owner, token, False] for token, _ in chunk]  # the creator's
             for target in targets:
                 if target._finished:
                     target._items.extend(items)  # the discard sink counts them
-                elif target._late:  # type: ignore[attr-defined]
-                    for item, tag in zip(items, tags, strict=True):
-                        target._deliver_tagged(item, tag)  # type: ignore[attr-defined]
                 else:
-                    target._items.extend(items)
-                    target._tags.extend(tags)
-                    target._arrived()
-                    copies += 1
+                    for item, ticket in zip(items, tickets, strict=True):
+                        target._deliver_tagged(item, ticket)  # type: ignore[attr-defined]
             self.pushed += len(items)
-            for ticket in tickets:
-                ticket.refs += copies  # plus the creator's own, released below
             if self._lossy:
                 source = "pipe:" + self.stream_name
                 for target, policy in self._lossy:
-                    target._offer_tagged(items[0], tags[0], policy, source)  # type: ignore[attr-defined]
-                if self._lossy_due():
+                    target._offer_tagged(items[0], tickets[0], policy, source)  # type: ignore[attr-defined]
+                if self._yield_due():
                     await asyncio.sleep(0)  # lossy inputs never pause us: let others run
             if self.observers:
                 for item in items:
                     self._notify(item)
-            decref(tickets)
-
-    def _lossy_due(self) -> bool:
-        self._since_yield += 1
-        if self._since_yield > self._lossy[0][0].threshold:
-            self._since_yield = 0
-            return True
-        return False
+            for ticket in tickets:
+                decref(ticket)
 
     def _deliver_all_tagged(self, item: Any, tag: Tag) -> None:
         self.pushed += 1
@@ -635,7 +668,7 @@ class TrackedOutput(Output[Any]):
     def _push_unpaused(self, item: Any, policy: str, source: str) -> None:
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
-        tag = self._current_tag()
+        tag = self._holder.tag()
         self.pushed += 1
         for target in self.targets:
             target._offer_tagged(item, tag, policy, source)  # type: ignore[attr-defined]
@@ -645,6 +678,7 @@ class TrackedOutput(Output[Any]):
                 target._offer_tagged(item, tag, pipe_policy, pipe)  # type: ignore[attr-defined]
         if self.observers:
             self._notify(item)
+        decref(tag)
 
 
 # -- wiring -----------------------------------------------------------------------------------
@@ -671,22 +705,24 @@ def track_input(port: Input[Any], holder: Holder, late: bool = False) -> None:
     runs, with untracked items buffered, which get ``None`` tags."""
     if isinstance(port, TrackedInput):
         return
-    port.__class__ = _tracked_class(type(port), LateTrackedInput if late else TrackedInput)
+    switch_class(port, _tracked_class(type(port), LateTrackedInput if late else TrackedInput))
     port._tags = deque([None] * len(port._items))
-    port._held = _EMPTY
+    port._held = None
     port._holder = holder
     holder.add_input(port)  # type: ignore[arg-type]
 
 
 def track_output(port: Output[Any], holder: Holder | None) -> None:
+    """Switch ``port`` to the tracked variant; ``holder`` is its stream's (``None``: the
+    stream is not tracked, its pushes derive from nothing)."""
     if isinstance(port, TrackedOutput):
         if holder is not None:
             port._holder = holder
         return
     for name in ("push", "push_many", "_push_unpaused"):  # the lossy variants, if any
         port.__dict__.pop(name, None)
-    port.__class__ = _tracked_class(type(port), TrackedOutput)
-    port._holder = holder  # type: ignore[attr-defined]
+    switch_class(port, _tracked_class(type(port), TrackedOutput))
+    port._holder = _UNTRACKED if holder is None else holder  # type: ignore[attr-defined]
     port._refresh_fast_path()
 
 

@@ -812,19 +812,31 @@ class Output(Subject[T]):
         per threshold's worth of items instead: it must not monopolise the loop (a
         generator source feeding only lossy pipes would otherwise never let anyone run).
         """
-        self._since_yield += 1
-        lossy = self._lossy
-        if lossy and self._since_yield > lossy[0][0].threshold:
-            self._since_yield = 0
-            await asyncio.sleep(0)  # before delivering: a cancelled push delivers nothing
+        await self._before_delivery()
+        self._deliver_all(item)
+        return True
+
+    async def _before_delivery(self) -> None:
+        """What a push does before it delivers, on every path but the plain one: yield to
+        the loop when lossy pipes make it due (before delivering: a cancelled push delivers
+        nothing), refuse when closed, wait while a blocking input is full."""
+        if self._lossy and self._yield_due():
+            await asyncio.sleep(0)
         if self.closed:
             raise ClosedError(self.stream_name, self.name)
         for target in self.targets:
             if len(target._items) >= target.threshold:
                 await self._wait_for_room()
                 break
-        self._deliver_all(item)
-        return True
+
+    def _yield_due(self) -> bool:
+        """Count one lossy push; true once per threshold's worth of them (the producer
+        then yields to the loop)."""
+        self._since_yield += 1
+        if self._since_yield > self._lossy[0][0].threshold:
+            self._since_yield = 0
+            return True
+        return False
 
     def _deliver_all(self, item: T) -> None:
         """Deliver one item to every input (each lossy one applying its policy) and to the

@@ -28,7 +28,7 @@ from reactivex.disposable import Disposable
 
 from ._errors import ConfigError, safe_repr
 from ._fastops import FastChain, Process, compile_chain
-from ._lineage import Tag, decref, incref, union
+from ._lineage import Tag, decref, group, switch_class
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -611,13 +611,16 @@ class RxStream(Stream):
         item, port = self._last_fed if failed.item is _UNSET else (failed.item, failed.port)
         stage = failed.stage
         failure = Failure(step_name(stage), failed.error, item, port)
-        await report_failure(stage, failure, *self._failure_tag())
-        if self._holder is not None:  # the chain is built anew: what it held is lost
-            self._holder.release_loose()
-
-    def _failure_tag(self) -> tuple[Any, ...]:
-        """report_failure's tag argument: what the chain held (fused: the head holds it)."""
-        return () if self._holder is None else (self._holder.tag(),)
+        holder = self._holder
+        if holder is None:
+            await report_failure(stage, failure)
+            return
+        tag = holder.tag()  # what the chain held (fused: the head holds it)
+        try:
+            await report_failure(stage, failure, tag)
+        finally:
+            decref(tag)
+        holder.release_loose()  # the chain is built anew: what it held is lost
 
     def _feed(self, inputs: list[Input[Any]], feeds: list[_Feed]) -> bool:
         """Feed everything buffered (and every close) into the chain; return whether any."""
@@ -676,7 +679,7 @@ class RxStream(Stream):
                 value[:] = [(item, None) for item in value]  # in place: _tail is one of them
         for collector in self._collectors:
             resuming = isinstance(collector, _ResumingCollector)
-            collector.__class__ = _TrackedResumingCollector if resuming else _TrackedCollector
+            switch_class(collector, _TrackedResumingCollector if resuming else _TrackedCollector)
         self._feed = self._feed_tracked  # type: ignore[method-assign]
         self._push_run = self._push_run_tracked  # type: ignore[method-assign]
 
@@ -685,8 +688,7 @@ class RxStream(Stream):
         once pushed); what was fed is let go once the feeding item returns (or now, for an
         emission from a timer)."""
         holder = self._holder
-        tag = union(holder.loose)
-        incref(tag)
+        tag = group(holder.loose)
         if self._feeding:
             self._emitted = True
         else:
@@ -722,8 +724,8 @@ class RxStream(Stream):
                                 port._give_back_tags(tags[position:])  # type: ignore[attr-defined]
                                 return True
                             tag = tags[position]
-                            if tag:
-                                holder.loose.extend(tag)
+                            if tag is not None:
+                                holder.loose.append(tag)
                                 holder.single = None
                             self._emitted = False
                             on_next(item)
@@ -770,7 +772,7 @@ class RxStream(Stream):
             except BaseException:
                 events.appendleft(("next", index, value[position:]))  # not pushed: kept
                 raise
-            decref(tag or ())
+            decref(tag)
         return False
 
     async def _push_run(self, outputs: list[Output[Any]]) -> bool:

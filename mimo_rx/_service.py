@@ -46,7 +46,7 @@ from ._errors import (
     WouldBlock,
 )
 from ._handoff import Handoff, on_loop_thread
-from ._lineage import Ticket, TrackedOutput, Waiter, decref
+from ._lineage import TrackedOutput, Waiter, decref, new_ticket
 from ._ports import Input, Output
 from ._step import Step
 from ._stream import Ports, Stream
@@ -198,17 +198,17 @@ class InletStream(Stream):
             track()
         assert isinstance(out, TrackedOutput)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(Waiter(future, lambda: self._frozen), None)
+        ticket = new_ticket(Waiter(future, lambda: self._frozen), None)
         self._waiters.add(future)
         try:
             self._in_flight += 1
             try:
-                await out._push_tag(item, (ticket,))
+                await out._push_tag(item, ticket)
             finally:
                 self._in_flight -= 1
                 if self._closed and not self._in_flight and self._handoff is not None:
                     self._handoff.seal()
-            decref((ticket,))
+            decref(ticket)
             failures = await asyncio.shield(future)
         finally:
             self._waiters.discard(future)

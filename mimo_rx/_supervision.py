@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import BufferOverflowError, ConfigError, EndOfStream, safe_repr
 from ._handoff import thread_work
+from ._lineage import decref, fail
 
 if TYPE_CHECKING:
     from ._ports import Input, Output
@@ -116,10 +117,11 @@ async def report_failure(stream: Stream, failure: Failure, tag: Any = _HELD) -> 
         events({"event": "failure", "stream": failure.stream, "error": safe_repr(failure.error)})
     taken = bool(errors.targets or errors._lossy)
     if stream._holder is not None:
+        holder: Any = stream._holder
+        held = holder.tag() if tag is _HELD else tag
+        fail(held, failure, taken)
         if tag is _HELD:
-            tag = stream._holder.tag()
-        for ticket in tag or ():
-            ticket.owner.failed(ticket, failure, taken)
+            decref(held)
     if errors.targets or errors._lossy or errors.observers:
         if tag is _HELD:
             await errors.push(failure)
