@@ -22,6 +22,8 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from hypothesis import settings
+
 import mimo_rx
 from mimo_rx import Stream, Workflow
 
@@ -130,6 +132,14 @@ async def yield_to_loop(times: int = 1) -> None:
     """Let every task that is ready run one step (an explicit yield, not a timed wait)."""
     for _ in range(times):
         await asyncio.sleep(0)
+
+
+def examples(share: int, floor: int = 20) -> int:
+    """``max_examples`` for a heavy property, one whose every example runs whole workflows:
+    the active hypothesis profile's count (tests/conftest.py: 200 for "ci", 2000 for "deep")
+    divided by ``share``, and never fewer than ``floor``. Write it as
+    ``@settings(max_examples=examples(8))``; size the test's timeout from the result."""
+    return max(floor, settings.default.max_examples // share)
 
 
 # The orders in which race_cancel() cancels a pending call and does the action that would
@@ -259,6 +269,7 @@ __all__ = [
     "LeakError",
     "RecordingObserver",
     "assert_stats_identity",
+    "examples",
     "input_stats",
     "linear",
     "mapper",
