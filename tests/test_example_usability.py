@@ -93,7 +93,10 @@ def test_metrics_endpoint_prints_a_final_line_when_stopped(
 ) -> None:
     pytest.importorskip("prometheus_client")
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "30"],
+        # --linger 0: the drained run would keep serving its final counts 15 s more (the
+        # linger and its own SIGTERM are tested in test_examples.py)
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "30"]
+        + ["--linger", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
