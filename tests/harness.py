@@ -134,6 +134,14 @@ async def yield_to_loop(times: int = 1) -> None:
         await asyncio.sleep(0)
 
 
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    """Polls ``await condition()`` until it is true, for state that sends no event to wait on
+    (a broker's, a server's over HTTP); ``TimeoutError`` after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while not await condition():  # noqa: ASYNC110 - the state has no event to wait on
+            await asyncio.sleep(0.02)
+
+
 def examples(share: int, floor: int = 20) -> int:
     """``max_examples`` for a heavy property, one whose every example runs whole workflows:
     the active hypothesis profile's count (tests/conftest.py: 200 for "ci", 2000 for "deep")
@@ -214,6 +222,29 @@ def linear(*streams: Stream, buffer_size: int | None = None) -> tuple[Workflow, 
     return workflow, steps
 
 
+def broadcast_then_drain_one_input_first(buffer_size: int = 2) -> Workflow:
+    """The smallest deadlock: ``src.out`` (10 items) feeds ``join.a`` and ``join.b``, and
+    ``join`` reads all of ``a`` before it looks at ``b``; ``b`` fills up and ``src`` waits on
+    it while ``join`` waits for more of ``a``. With ``buffer_size >= 10`` it completes."""
+
+    async def produce(ins: Any, outs: Any, state: Any) -> None:
+        for i in range(10):
+            await outs.out.push(i)
+
+    async def drain_a_first(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.a:
+            pass
+        async for _ in ins.b:
+            pass
+
+    workflow = Workflow(buffer_size=buffer_size)
+    src = workflow.add_stream(Stream(outs=["out"], fn=produce, name="src"))
+    join = workflow.add_stream(Stream(["a", "b"], fn=drain_a_first, name="join"))
+    src.pipe(join, input="a")
+    src.pipe(join, input="b")
+    return workflow
+
+
 def input_stats(workflow: Workflow, step: str, port: str) -> dict[str, Any]:
     return workflow.stats()["streams"][step]["inputs"][port]
 
@@ -269,6 +300,7 @@ __all__ = [
     "LeakError",
     "RecordingObserver",
     "assert_stats_identity",
+    "broadcast_then_drain_one_input_first",
     "examples",
     "input_stats",
     "linear",
@@ -277,5 +309,6 @@ __all__ = [
     "race_cancel",
     "run_checked",
     "source",
+    "until",
     "yield_to_loop",
 ]
