@@ -12,6 +12,17 @@ must come again. What the engine calls, in order::
     await nack([token, ...])             messages that must be delivered again
     await close()                        once, however the run ends, after the last ack
 
+One method is optional (not part of the ``isinstance`` check)::
+
+    await fetch_at_stop(n) -> [(token, item)] or None
+
+When ``stop()`` (or SIGTERM) ends the run gracefully, the engine cancels a waiting ``fetch``
+and, if the source has ``fetch_at_stop``, calls it in place of ``fetch`` (same ``n``: room and
+cap) until it returns ``None``: the messages that ``stop()`` completes (``FileSource``: a
+followed file's last line without an ending). It must not wait. Those messages are handled
+and acked in the drain, before ``start()`` returns, like every other. Without it, a source
+simply stops being fetched.
+
 This module only names the protocol; it imports nothing of the engine, so a source (the shipped
 ones in :mod:`mimo_rx.sources`, or a user's) depends on nothing private.
 """
@@ -29,6 +40,10 @@ class AckSource(Protocol):
     ``isinstance(obj, AckSource)`` is true for any object with these five methods, so a source
     need not inherit from this class. Tokens are whatever hashable value the source chooses
     (an offset, a message id, the message object itself).
+
+    A source may also have ``async fetch_at_stop(max_items)``: called by ``stop()`` in place
+    of ``fetch`` until it returns ``None``, never waiting, for the messages that the stop
+    itself completes (see the module docstring).
     """
 
     async def open(self) -> None:

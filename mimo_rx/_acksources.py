@@ -6,11 +6,18 @@ source before any step starts (``Run.run``), this step fetches as much as there 
 (``min(room, max_in_flight - in flight)``, room being the smallest free room among the inputs
 it feeds through blocking pipes) and pushes each item with a fresh ticket; the ledger
 (``_ledger.py``) acks the tickets once done, and closes the source when the run has ended.
+
+``stop()`` cancels a waiting ``fetch``. A source with the optional ``fetch_at_stop`` method
+(``_acksource.py``; ``FileSource`` has one, for a followed file's unended last line) is then
+asked for what ``stop()`` completes: the step catches that one cancellation and calls
+``fetch_at_stop`` in place of ``fetch``, with the same room and cap, until it returns ``None``,
+so those messages are pushed, handled and acked in the drain like every other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._acksource import AckSource
@@ -44,7 +51,8 @@ def check_ack_options(
         if given:
             raise ConfigError(
                 f"source {name!r} is a {type(source).__name__}, not an acknowledged source "
-                f"(mimo_rx.AckSource), so {' and '.join(given)} do not apply to it; drop "
+                f"(mimo_rx.AckSource), so {' and '.join(given)} "
+                f"{'do' if len(given) > 1 else 'does'} not apply to it; drop "
                 f"{'them' if len(given) > 1 else 'it'}"
             )
         return
@@ -79,6 +87,10 @@ class AckSourceStream(Stream):
         self.ledger = Ledger(source, name, max_in_flight, float(commit_interval))
         self._stopping = False
         self._fetching = False
+        at_stop = getattr(source, "fetch_at_stop", None)
+        self._fetch_at_stop: Callable[[int], Awaitable[Any]] | None = (
+            at_stop if callable(at_stop) else None
+        )
 
     def _stop_source(self, cancel: Callable[[], None]) -> None:
         # A waiting fetch loses nothing when cancelled; a fetched batch is pushed first.
@@ -101,28 +113,45 @@ class AckSourceStream(Stream):
         low = max(1, min([ledger.max_in_flight, *thresholds]) // 2)
         delay = min(ledger.commit_interval, LOW_WATER_DELAY)
         waited = False
-        while not self._stopping and not out.abandoned:
+        fetch: Callable[[int], Awaitable[Any]] = source.fetch
+        at_stop = self._fetch_at_stop
+        while not out.abandoned:
+            if self._stopping and fetch is not at_stop:
+                if at_stop is None:
+                    return
+                fetch = at_stop  # stop(): what it completes, then the end
             room = out._room()
             if room <= 0:
                 await out._wait_for_room("push()")
                 continue
             await ledger.wait_for_room(runtime)
-            if self._stopping:
-                return
-            if not waited and ledger.room() < low and ledger.in_flight > 0:
+            if self._stopping and fetch is not at_stop:
+                continue
+            if not waited and ledger.room() < low and ledger.in_flight > 0 and not self._stopping:
                 waited = True  # wait once, then fetch whatever room there is
                 await ledger.wait_for_more(low, delay)
                 continue
             waited = False
             self._fetching = True
             try:
-                batch = await source.fetch(min(room, ledger.room()))
+                batch = await fetch(min(room, ledger.room()))
+            except asyncio.CancelledError:
+                if at_stop is None or fetch is at_stop or not _stop_cancelled(self):
+                    raise
+                continue  # stop() cancelled the waiting fetch: on to fetch_at_stop
             finally:
                 self._fetching = False
-            if batch is None:
+            if batch is None or (not batch and fetch is at_stop):
                 return
             ledger.fetched += len(batch)
             await out._push_fetched(batch, ledger)
+
+
+def _stop_cancelled(stream: AckSourceStream) -> bool:
+    """Was the cancellation just caught ``stop()``'s, and no other (a failing or cancelled
+    run cancels the task too)? Then it is taken back: the task goes on."""
+    task = asyncio.current_task()
+    return stream._stopping and task is not None and task.uncancel() == 0
 
 
 def wire_lineage(

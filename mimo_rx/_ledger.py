@@ -261,8 +261,13 @@ class _CapWait:
 
     def _wait_can_end(self, stuck: set[StepRuntime]) -> bool:
         """The deadlock monitor's question: can a step outside ``stuck`` free a message?
-        Any tracked stream downstream that can move may."""
-        return not {runtime for _, runtime in self.ledger.holders} <= stuck
+        Any tracked stream downstream that can move may. Messages done and queued for the
+        flusher free room by themselves (it passes them on as soon as an ``ack()`` under way,
+        a source's own I/O, has returned), so the wait is not a deadlock then either."""
+        ledger = self.ledger
+        if ledger._acks or ledger._nacks:
+            return True
+        return not {runtime for _, runtime in ledger.holders} <= stuck
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -141,6 +141,14 @@ class Holder:
         port._held = _EMPTY
         return held
 
+    def release_call(self) -> None:
+        """A plain ``def``'s call returned (or raised, its ``Failure`` pushed): what it took
+        is released, and its synchronous views forget their last takes (a ``hold()`` in a
+        later call, before any take, holds nothing)."""
+        for port in self.inputs:
+            port._took = None
+        self.release_loose()
+
     def release_loose(self) -> None:
         loose, self.loose = self.loose, []
         if loose:
@@ -153,7 +161,7 @@ class Holder:
             port._release_held()
         for handle in list(self.handles):
             handle.release()
-        self.release_loose()
+        self.release_call()
 
 
 class Held(_Held):
@@ -297,6 +305,7 @@ class TrackedInput(Input[Any]):
     def _take_now(self) -> Any:
         item = Input._take_now(self)
         tag = self._tags.popleft()
+        self._took = tag  # the view's hold() keeps it (until the call returns: release_call)
         if tag:
             self._holder.loose.extend(tag)
             self._holder.single = None
@@ -304,6 +313,11 @@ class TrackedInput(Input[Any]):
 
     def hold(self) -> Held:
         return Held(self._holder, self._held)
+
+    def _hold_sync(self) -> Held:
+        # the last synchronous take, still referenced by the holder's ``loose`` (the call
+        # that took it has not returned) or nothing (_took is cleared when it returns)
+        return Held(self._holder, self._took or _EMPTY)
 
     def _adopt_orphan(self) -> Tag:
         """The tag of an item untracked code took (see ``_release_held``), if any."""

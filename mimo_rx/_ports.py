@@ -94,6 +94,7 @@ class Input(Generic[T]):
         "_producers",
         "_rt",
         "_tags",
+        "_took",
         "_upstreams",
         "discarded",
         "dropped",
@@ -128,6 +129,7 @@ class Input(Generic[T]):
         self._tags: Any = None
         self._held: Any = None
         self._holder: Any = None
+        self._took: Any = None  # the last take of a synchronous view (a plain def's call)
 
     # -- consumer side -------------------------------------------------------------------
 
@@ -218,6 +220,11 @@ class Input(Generic[T]):
         until ``release()`` on what this returns (contract section 12: for state kept across
         items, such as windows or buffered writes). It matters only downstream of an
         acknowledged source; elsewhere the handle does nothing."""
+        return Held()
+
+    def _hold_sync(self) -> Held:
+        """``hold()`` of a plain ``def``'s synchronous view: the item it last took with the
+        view during the call under way (the lineage module's tracked input does the holding)."""
         return Held()
 
     def __aiter__(self) -> AsyncIterator[T]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from ._errors import ClosedError, ConfigError, safe_repr
-from ._ports import AnyInput, Input, Output, check_buffer_size
+from ._ports import AnyInput, Held, Input, Output, check_buffer_size
 from ._supervision import (
     ERRORS,
     Failure,
@@ -348,6 +348,14 @@ class SyncInput:
             raise IndexError(f"input {self._port.name!r} has no buffered item")
         return self._port._items[0]
 
+    def hold(self) -> Held:
+        """Keep the item last taken from this input (``pop`` or iteration) held past the
+        return of this call, until ``release()`` on what this returns: ``Input.hold()`` for a
+        plain ``def`` (contract section 12: for state kept across calls, such as windows).
+        Taken nothing in this call: the handle holds nothing. Outside the lineage of an
+        acknowledged source the handle does nothing."""
+        return self._port._hold_sync()
+
     def __len__(self) -> int:
         return len(self._port._items)
 
@@ -491,7 +499,7 @@ async def drive_step_function(
                 failure = Failure(step_name(stream), exc, tracker.item, tracker.port)
                 await report_failure(stream, failure)
                 if stream._holder is not None:  # the Failure derives from what it took
-                    stream._holder.release_loose()
+                    stream._holder.release_call()
                 continue
             if inspect.isawaitable(again):
                 if inspect.iscoroutine(again):
@@ -506,7 +514,7 @@ async def drive_step_function(
                 await view._flush()
             holder = stream._holder
             if holder is not None:  # once per call: a plain def releases what it took
-                holder.release_loose()
+                holder.release_call()
             if not inputs and (stopping or not again):
                 return  # what it pushed is delivered
             if again:

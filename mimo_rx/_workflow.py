@@ -10,6 +10,7 @@ port rules, validation), describing (``str``, ``stats()``, Mermaid/DOT, ``metric
 from __future__ import annotations
 
 import asyncio
+import inspect
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -190,8 +191,8 @@ class Workflow:
         name: str | None = None,
         policy: str = "buffer",
         *,
-        max_in_flight: int | None = None,
-        commit_interval: float | None = None,
+        max_in_flight: int = 1000,
+        commit_interval: float = 0.5,
     ) -> Step:
         """Add a source and return its step, which has one output named ``out``.
 
@@ -209,13 +210,21 @@ class Workflow:
         """
         from ._sources import make_source
 
+        # An argument is told from the default by identity with the default object itself
+        # (the signature shows the real defaults; 1000 and 0.5 typed by the caller are other
+        # objects), so that giving either option to a plain source is a ConfigError.
+        defaults = _ADD_SOURCE_DEFAULTS
         return self.add_stream(
             make_source(
                 source,
                 name=name,
                 policy=policy,
-                max_in_flight=max_in_flight,
-                commit_interval=commit_interval,
+                max_in_flight=(
+                    None if max_in_flight is defaults["max_in_flight"] else max_in_flight
+                ),
+                commit_interval=(
+                    None if commit_interval is defaults["commit_interval"] else commit_interval
+                ),
             )
         )
 
@@ -463,6 +472,13 @@ class Workflow:
         if step.stream.buffer_size is not None:
             return step.stream.buffer_size
         return self.buffer_size
+
+
+# The default objects of add_source's options (see add_source: compared by identity).
+_ADD_SOURCE_DEFAULTS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(Workflow.add_source).parameters.items()
+}
 
 
 def _input_stats(port: Input[Any], threshold: int) -> dict[str, int | float]:

@@ -80,6 +80,7 @@ def test_the_api_reference_shows_default_values_not_constant_names(site: Path) -
     page = (site / "reference" / "workflow" / "index.html").read_text(encoding="utf-8")
     text = re.sub(r"<[^>]+>", "", page)  # the signature is split into highlighted spans
     assert "buffer_size: int = 1024, *, cancel_timeout: float = 5.0" in text
+    assert re.search(r"max_in_flight: int = 1000,\s*commit_interval: float = 0\.5", text)
     for reference in sorted((site / "reference").rglob("*.html")):
         text = re.sub(r"<[^>]+>", "", reference.read_text(encoding="utf-8"))
         constant = re.search(r"\w+: [^=\n]+ = _?[A-Z][A-Z0-9_]{3,}\b", text)

@@ -275,19 +275,82 @@ def test_follow_delivers_appended_lines_and_a_partial_line_only_once_it_ends(
             f.write(b"tial\r\nrest")
             f.flush()
         assert await asyncio.wait_for(waiting, 5) == [(4, "partial")]
-        # stop() cancels the waiting fetch; a fetch after it gives the unended line, then ends
+        # stop() cancels the waiting fetch, then asks fetch_at_stop: the unended line, the end
         waiting = asyncio.ensure_future(source.fetch(10))
         await asyncio.sleep(0.02)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        assert await source.fetch(10) == [(13, "rest")]
-        assert await source.fetch(10) is None
+        assert await source.fetch_at_stop(10) == [(13, "rest")]
+        assert await source.fetch_at_stop(10) is None
+        assert await source.fetch_at_stop(10) is None
         await source.ack([0, 2, 4, 13])
         await source.close()
         assert checkpoint_of(path) == {"offset": 17, "done": []}
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_at_stop_a_caught_up_source_reads_what_was_appended_since_its_last_look(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "in.txt", b"a\n")
+
+    async def main() -> None:
+        source = FileSource(path, follow=True)
+        source.poll_interval = 3600  # its next look would come long after the stop
+        await source.open()
+        assert await source.fetch(10) == [(0, "a")]
+        waiting = asyncio.ensure_future(source.fetch(10))
+        await asyncio.sleep(0.02)  # it has seen the end of the file and waits
+        with path.open("ab") as f:
+            f.write(b"b\nc\nd")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await source.fetch_at_stop(2) == [(2, "b"), (4, "c")]  # max_items holds
+        with path.open("ab") as f:
+            f.write(b"-after-the-stop\n")  # written after the stop's look: not read
+        assert await source.fetch_at_stop(2) == [(6, "d")]
+        assert await source.fetch_at_stop(2) is None
+        await source.ack([0, 2, 4, 6])
+        await source.close()
+        assert checkpoint_of(path) == {"offset": 7, "done": []}
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_at_stop_a_source_behind_the_file_ends_at_once_and_keeps_the_rest(tmp_path: Path) -> None:
+    lines = [f"line {i}" for i in range(100)]
+    path = write(tmp_path / "in.txt", "".join(f"{line}\n" for line in lines).encode() + b"tail")
+
+    async def main() -> None:
+        source = FileSource(path, follow=True)
+        await source.open()
+        got = await source.fetch(10)
+        assert got is not None and [line for _, line in got] == lines[:10]
+        assert await source.fetch_at_stop(10) is None  # 90 lines it had not reached: not now
+        assert await source.fetch_at_stop(10) is None
+        await source.ack([token for token, _ in got])
+        await source.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert run_once(FileSource(path)) == [*lines[10:], "tail"]  # the next run: the rest
+
+
+def test_without_follow_fetch_at_stop_hands_out_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.txt", b"a\nb\nc")
+
+    async def main() -> None:
+        source = FileSource(path)
+        await source.open()
+        assert await source.fetch(1) == [(0, "a")]
+        assert await source.fetch_at_stop(10) is None
+        await source.ack([0])
+        await source.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert run_once(FileSource(path)) == ["b", "c"]
 
 
 def test_many_acks_then_a_resume_never_repeat_or_miss_a_line(tmp_path: Path) -> None:
@@ -401,3 +464,93 @@ def test_a_followed_file_feeds_a_workflow_until_stop_and_every_line_is_acked(
         "nacked": 0,
         "in_flight": 0,
     }
+
+
+def _follow_until_stop(
+    path: Path, append: bytes, poll_interval: float, seen: list[str]
+) -> tuple[list[str], dict[str, int]]:
+    """A workflow on ``path`` with ``follow=True``: wait for the first line at the sink,
+    append ``append``, wait for the lines of ``seen`` too, then stop(). Returns every line the
+    sink saw and the delivery stats."""
+    from mimo_rx import Stream, Workflow
+
+    async def main() -> tuple[list[str], dict[str, int]]:
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+
+        async def sink(ins: Any, outs: Any, state: Any) -> None:
+            async for line in ins.x:
+                arrived.put_nowait(line)
+
+        source = FileSource(path, follow=True)
+        source.poll_interval = poll_interval
+        workflow = Workflow()
+        # no ack before the stop's flush: the line is acked and checkpointed by the drain
+        step = workflow.add_source(source, name="lines", commit_interval=3600)
+        step.pipe(workflow.add_stream(Stream(["x"], fn=sink)))
+        run = asyncio.ensure_future(workflow.start())
+        got = [await asyncio.wait_for(arrived.get(), 10)]
+        if append:
+            await asyncio.sleep(0.05)  # the source has seen the end of the file: it waits
+            with path.open("ab") as f:
+                f.write(append)
+        got += [await asyncio.wait_for(arrived.get(), 10) for _ in seen]
+        await asyncio.sleep(0.05)  # the source waits at the end of the file
+        assert arrived.empty()
+        workflow.stop()
+        await asyncio.wait_for(run, 10)
+        while not arrived.empty():
+            got.append(arrived.get_nowait())
+        return got, workflow.stats()["streams"]["lines"]["delivery"]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("append", "poll_interval", "seen"),
+    [
+        (b"", 3600.0, []),  # "b" never gets its ending: stop() makes it a line
+        (b"", 0.005, []),
+        (b"\n", 3600.0, []),  # its ending comes after the source's last look: read at stop()
+        (b"\n", 0.005, ["b"]),  # ... or while it polls: an ordinary line, nothing at stop()
+    ],
+)
+def test_stop_delivers_the_unended_last_line_of_a_followed_file_once_and_checkpoints_it(
+    tmp_path: Path, append: bytes, poll_interval: float, seen: list[str]
+) -> None:
+    path = write(tmp_path / "in.txt", b"a\nb")
+    got, delivery = _follow_until_stop(path, append, poll_interval, seen)
+    assert got == ["a", "b"]
+    assert delivery == {"fetched": 2, "acked": 2, "nacked": 0, "in_flight": 0}
+    assert checkpoint_of(path) == {"offset": 3 + len(append), "done": []}
+    assert run_once(FileSource(path)) == []  # a rerun delivers nothing
+    assert checkpoint_of(path) == {"offset": 3 + len(append), "done": []}
+
+
+def test_stop_while_a_followed_source_is_behind_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    from mimo_rx import Stream, Workflow
+
+    lines = [f"line {i}" for i in range(3000)]
+    path = write(tmp_path / "in.txt", "".join(f"{line}\n" for line in lines).encode() + b"tail")
+
+    async def main() -> list[str]:
+        got: list[str] = []
+
+        async def sink(ins: Any, outs: Any, state: Any) -> None:
+            async for line in ins.x:
+                got.append(line)
+                if len(got) == 20:
+                    workflow.stop()
+                await asyncio.sleep(0.001)
+
+        source = FileSource(path, follow=True)
+        workflow = Workflow(buffer_size=4)
+        workflow.add_source(source, max_in_flight=8).pipe(
+            workflow.add_stream(Stream(["x"], fn=sink))
+        )
+        await asyncio.wait_for(workflow.start(), 20)
+        return got
+
+    first = asyncio.run(main())
+    assert 20 <= len(first) < 100  # stop() did not read on to the end of the file
+    rest = run_once(FileSource(path))
+    assert first + rest == [*lines, "tail"]

@@ -146,6 +146,37 @@ def test_options_on_a_plain_source_are_config_errors(source: Any) -> None:
         Workflow().add_source(source, commit_interval=1.0)
 
 
+def test_add_source_shows_its_real_defaults_and_still_tells_them_from_given_values() -> None:
+    import inspect
+
+    parameters = inspect.signature(Workflow.add_source).parameters
+    assert parameters["max_in_flight"].default == 1000
+    assert parameters["commit_interval"].default == 0.5
+    assert parameters["max_in_flight"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameters["commit_interval"].kind is inspect.Parameter.KEYWORD_ONLY
+    from mimo_rx._acksources import DEFAULT_COMMIT_INTERVAL, DEFAULT_MAX_IN_FLIGHT
+
+    # what an AckSource gets when neither is given is what the signature shows
+    assert (DEFAULT_MAX_IN_FLIGHT, DEFAULT_COMMIT_INTERVAL) == (1000, 0.5)
+    # the default values typed out are still given: a plain source refuses them
+    in_flight, interval = int("1000"), float("0.5")  # not the signature's own objects
+    with pytest.raises(ConfigError, match="max_in_flight does not apply") as info:
+        Workflow().add_source([1, 2, 3], name="numbers", max_in_flight=1000)
+    assert "'numbers'" in str(info.value) and "drop it" in str(info.value)
+    with pytest.raises(ConfigError, match="max_in_flight and commit_interval do not apply"):
+        Workflow().add_source(range(3), max_in_flight=in_flight, commit_interval=interval)
+    with pytest.raises(ConfigError, match="commit_interval does not apply"):
+        Workflow().add_source(iter([1]), commit_interval=0.5)
+    # not given: a plain source is fine, and an AckSource gets 1000 and 0.5
+    Workflow().add_source([1, 2, 3])
+    wf = Workflow(buffer_size=5000)  # room for more than the cap: the cap decides
+    src = Recorder(3000)
+    wf.add_source(src).pipe(wf.add_stream(Stream(["x"], [], fn=collect)))
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(3000))
+    assert src.fetch_sizes[0] == 1000
+
+
 def test_every_message_acked_once_open_before_close_after() -> None:
     src = Recorder(500, batch=7)
     wf = Workflow(buffer_size=16)
@@ -298,6 +329,97 @@ def test_hold_on_an_untracked_input_is_harmless() -> None:
 
     wf.add_source([1, 2]).pipe(wf.add_stream(Stream(["x"], [], fn=body)))
     run_checked(wf)
+
+
+class SlowRecorder(Recorder):
+    """A Recorder whose every fetch takes a few milliseconds, so that many commit intervals
+    pass while a window fills."""
+
+    async def fetch(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        await asyncio.sleep(0.003)
+        return await super().fetch(max_items)
+
+
+def test_hold_on_the_sync_view_of_a_plain_def_keeps_a_window_across_calls() -> None:
+    import threading
+
+    src = SlowRecorder(20, batch=1)
+    windows: list[list[int]] = []
+    acked_at_release: list[list[Hashable]] = []
+    threads: set[int] = set()
+    wf = Workflow()
+
+    def window(ins: Any, outs: Any, state: Any) -> bool:
+        threads.add(threading.get_ident())
+        handles, items = state.setdefault("handles", []), state.setdefault("items", [])
+        if not ins.x.closed and len(ins.x) > 1:
+            items.append(ins.x.pop())  # one item through pop, held past this call
+            handles.append(ins.x.hold())
+        for item in ins.x:  # the rest through iteration: hold() keeps the last one taken
+            items.append(item)
+            handles.append(ins.x.hold())
+        if len(items) >= 5 or (ins.x.closed and items):
+            acked_at_release.append(list(src.acked))
+            windows.append(list(items))
+            outs.y.push(sum(items))  # derives from the whole window
+            for held in handles:
+                held.release()
+            handles.clear()
+            items.clear()
+        return False
+
+    window_step = wf.add_stream(Stream(["x"], ["y"], fn=window, name="window"))
+    wf.add_source(src, commit_interval=0.001).pipe(window_step)
+    window_step.pipe(wf.add_stream(Stream(["x"], [], fn=collect, name="sink")))
+
+    async def main() -> int:
+        await wf.start()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads == {loop_thread}  # a plain def's call, and its holds, run on the loop
+    assert [item for w in windows for item in w] == list(range(20))
+    assert len(windows) >= 3
+    for window_items, acked in zip(windows, acked_at_release, strict=True):
+        # no message of a window acked before it was released, however many calls it spanned
+        assert set(window_items).isdisjoint(acked), (window_items, acked)
+    assert sorted(src.acked) == list(range(20))
+    assert not src.nacked
+
+
+def test_hold_on_the_sync_view_holds_nothing_once_its_call_returned() -> None:
+    src = SlowRecorder(6, batch=1)  # one item per call
+    handles: list[Any] = []
+    wf = Workflow()
+
+    def late_hold(ins: Any, outs: Any, state: Any) -> bool:
+        handles.append(ins.x.hold())  # before any take of this call: nothing to keep
+        for _ in ins.x:
+            pass
+        return False
+
+    wf.add_source(src, commit_interval=0.001).pipe(wf.add_stream(Stream(["x"], [], fn=late_hold)))
+    run_checked(wf)
+    assert len(handles) >= 3
+    assert sorted(src.acked) == list(range(6))  # acked once each, none kept by a late hold
+    for held in handles:
+        held.release()  # nothing held: releasing acks nothing twice
+    assert sorted(src.acked) == list(range(6))
+
+
+def test_hold_on_the_sync_view_of_an_untracked_input_is_harmless() -> None:
+    wf = Workflow()
+    seen: list[int] = []
+
+    def body(ins: Any, outs: Any, state: Any) -> bool:
+        for item in ins.x:
+            with ins.x.hold():
+                seen.append(item)
+        return False
+
+    wf.add_source([1, 2, 3]).pipe(wf.add_stream(Stream(["x"], [], fn=body)))
+    run_checked(wf)
+    assert seen == [1, 2, 3]
 
 
 def test_map_stream_out_of_order_jobs_keep_their_own_items() -> None:
@@ -507,6 +629,111 @@ def test_stop_cancels_a_waiting_fetch_that_feeds_an_operator_stage() -> None:
     assert src.calls[-1] == "close"
 
 
+class StopCompletes(Recorder):
+    """A never-ending Recorder with the optional ``fetch_at_stop``: at stop() it has ``extra``
+    more messages to hand out (what the stop completes), then none; it never waits there."""
+
+    def __init__(self, count: int, extra: int, *, fail: bool = False) -> None:
+        super().__init__(count, end=False)
+        self.extra = extra
+        self.fail = fail
+        self.at_stop: list[int] = []  # the max_items of each fetch_at_stop call
+
+    async def fetch_at_stop(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        assert max_items >= 1
+        self.at_stop.append(max_items)
+        if self.fail:
+            raise OSError("the broker went away")
+        if self.extra == 0:
+            return None
+        size = min(max_items, self.extra)
+        self.extra -= size
+        out = [(t, t) for t in range(self.next, self.next + size)]
+        self.next += size
+        unacked = self.next - len(self.acked) - len(self.nacked)
+        self.max_unacked = max(self.max_unacked, unacked)
+        return out
+
+
+def test_stop_asks_fetch_at_stop_within_the_cap_and_acks_what_it_hands_out() -> None:
+    src = StopCompletes(10, extra=25)
+    wf = Workflow(buffer_size=64)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.001)
+            state.setdefault("items", []).append(item)
+
+    sink = wf.add_stream(Stream(["x"], [], fn=slow, name="sink"))
+    wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()  # cancels the waiting fetch; then fetch_at_stop, until None
+        await asyncio.wait_for(task, 5.0)
+
+    run_checked(main())
+    assert sink.stream.state["items"] == list(range(35))
+    assert sorted(src.acked) == list(range(35))  # the final flush, before start() returned
+    assert src.calls[-1] == "close"
+    assert src.at_stop[-1] >= 1 and max(src.at_stop) <= 4  # room and max_in_flight hold
+    assert src.max_unacked <= 4
+    assert delivery(wf) == {"fetched": 35, "acked": 35, "nacked": 0, "in_flight": 0}
+
+
+def test_a_fetch_at_stop_that_raises_fails_the_run_naming_the_source() -> None:
+    src = StopCompletes(3, extra=5, fail=True)
+    wf = Workflow()
+    wf.add_source(src, name="orders", commit_interval=10.0).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()
+        await asyncio.wait_for(task, 5.0)
+
+    with pytest.raises(StreamError, match="orders") as info:
+        run_checked(main())
+    assert isinstance(info.value.error, OSError)
+    assert src.calls[-1] == "close"
+    assert sorted(src.acked) == [0, 1, 2]  # what was done is acked, however the run ended
+
+
+def test_cancel_during_the_drain_of_fetch_at_stop_cancels_the_run() -> None:
+    src = StopCompletes(3, extra=10_000)
+    wf = Workflow(buffer_size=2)
+
+    async def slow(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            state.setdefault("items", []).append(item)
+            await asyncio.sleep(0.002)
+
+    sink = wf.add_stream(Stream(["x"], [], fn=slow, name="sink"))
+    wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(wf.start())
+        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.stop()
+        while len(src.at_stop) < 5:  # noqa: ASYNC110 (polls the source the test wrote)
+            await asyncio.sleep(0.001)
+        wf.cancel()  # in the middle of the drain
+        await asyncio.wait_for(task, 5.0)
+
+    with pytest.raises(mimo_rx.WorkflowCancelled):
+        run_checked(main())
+    assert src.extra > 0  # the drain did not go on to the end
+    assert src.calls[-1] == "close"
+    taken = sink.stream.state["items"]
+    assert set(src.acked) <= set(taken)  # nothing acked that the sink had not taken
+
+
 def test_failure_acks_only_what_is_done() -> None:
     src = Recorder(20, batch=1)
     wf = Workflow(buffer_size=2)
@@ -570,6 +797,25 @@ def test_cap_deadlock_names_the_holders() -> None:
     assert "'window'" in str(info.value)
     assert src.calls[-1] == "close"
     assert not src.acked
+
+
+def test_a_slow_ack_at_the_cap_is_not_a_deadlock() -> None:
+    # seen in W8 on a loaded machine: the checkpoint's fsync took longer than the deadlock
+    # monitor's grace, every message was done and queued behind that ack() call, and the run
+    # failed with "the streams holding them: no stream"
+    class SlowAck(Recorder):
+        async def ack(self, tokens: Sequence[Hashable]) -> None:
+            await super().ack(tokens)  # recorded as passed to ack() when the call is made
+            await asyncio.sleep(0.4)  # longer than the monitor's two looks
+
+    src = SlowAck(12, batch=4)
+    wf = Workflow()
+    wf.add_source(src, max_in_flight=4, commit_interval=0.001).pipe(
+        wf.add_stream(Stream(["x"], [], fn=collect, name="sink"))
+    )
+    run_checked(wf)
+    assert sorted(src.acked) == list(range(12))
+    assert src.max_unacked <= 4
 
 
 def test_open_failure_fails_the_run_naming_the_source() -> None:

@@ -17,6 +17,14 @@ torn mix. The write runs on a worker thread, so the graph keeps moving during th
 
 The file is read in blocks and split into lines in memory (no syscall per line); each line is
 decoded on its own, because tokens are byte offsets.
+
+``stop()`` and a followed file: the engine calls :meth:`FileSource.fetch_at_stop` (the optional
+hook of the AckSource protocol, see ``mimo_rx/_acksource.py``) instead of ``fetch`` once the run
+stops. If the source had caught up with the file (everything read so far was handed out, and it
+had seen the end of the file or read up to it), it reads what was appended since its last look,
+up to the size of the file at that moment, and hands out those lines and the last one without an
+ending; then it ends. Otherwise it ends at once: the lines it had not reached come in the next
+run, as they would from an iterable that ``stop()`` no longer pulls.
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ class FileSource:
     """The lines of a text file, delivered at least once across crashes (contract section 12).
 
     Each line comes without its line ending (``\\n`` or ``\\r\\n``). A last line with no ending is
-    a line too; with ``follow=True`` it is delivered only once its ending is written, or by a
-    ``fetch`` after ``stop()`` cancelled a waiting one. At the end of the file the source ends,
-    unless ``follow=True``: then it polls for appended lines until the run is stopped.
+    a line too; with ``follow=True`` it is delivered only once its ending is written, or at
+    ``stop()`` (when the source had read up to it: see :meth:`fetch_at_stop`), processed, acked
+    and checkpointed before ``start()`` returns. At the end of the file the source ends, unless
+    ``follow=True``: then it polls for appended lines until the run is stopped.
 
     Args:
         path: The text file to read.
@@ -110,7 +119,10 @@ class FileSource:
         self._rest = b""  # bytes after the last line ending read so far
         self._rest_at = offset  # file offset of _rest[0]
         self._eof = False
-        self._stopped = False
+        self._at_end = False  # following: the last read found nothing more in the file
+        self._stopped = False  # stop(): fetch_at_stop was called
+        self._drain = False  # ... and the source had caught up: it reads on to _limit
+        self._limit: int | None = None  # after stop(): read no further than this byte offset
 
     # -- the AckSource protocol --------------------------------------------------------------
 
@@ -132,19 +144,43 @@ class FileSource:
                 if not self.follow or self._stopped:
                     self._finish()
                     continue
-                try:
-                    await asyncio.sleep(self.poll_interval)
-                except asyncio.CancelledError:
-                    # stop() cancels a waiting fetch: the next fetch (if the engine asks)
-                    # delivers a last line without an ending, then ends.
-                    self._stopped = True
-                    raise
+                self._at_end = True
+                await asyncio.sleep(self.poll_interval)  # stop() cancels it: see fetch_at_stop
         i = self._next
         j = self._next = min(i + max_items, len(self._offsets))
         offsets = self._offsets[i:j]
         self._pending.update(offsets)
         self._fetched.append(offsets)
         return list(zip(offsets, self._lines[i:j], strict=True))
+
+    async def fetch_at_stop(self, max_items: int) -> Sequence[tuple[Hashable, Any]] | None:
+        """What ``stop()`` completes, then ``None``; never waits (the optional hook of the
+        AckSource protocol that the engine calls in place of ``fetch`` once the run stops).
+
+        With ``follow=True``, if the source had caught up with the file when the run stopped,
+        the lines appended since its last look (up to the file's size at the first call) and
+        the last line without an ending; otherwise, and without ``follow``, nothing.
+        """
+        if not self._stopped:
+            self._stopped = True  # fetch no longer waits: at the end of the file, it ends
+            self._drain = self._caught_up()
+        if not self._drain:
+            return None
+        return await self.fetch(max_items)
+
+    def _caught_up(self) -> bool:
+        """At stop(): is the followed file read up to its end (then read on to the size it
+        has now, bounded, and end with its unended last line)?"""
+        if not self.follow or self._file is None or self._eof:
+            return False
+        if self._next < len(self._offsets):
+            return False  # lines read and not handed out yet: it had not caught up
+        read = self._rest_at + len(self._rest)  # the bytes read so far
+        size = os.fstat(self._file.fileno()).st_size
+        if size < read or not (self._at_end or size == read):
+            return False  # truncated, or more to read than since the last look
+        self._limit = size
+        return True
 
     async def ack(self, tokens: Sequence[Hashable]) -> None:
         """Mark these lines done and write the checkpoint."""
@@ -193,9 +229,15 @@ class FileSource:
         that needs a decode per line.
         """
         assert self._file is not None, "FileSource.fetch() called before open()"
-        data = self._file.read(_BLOCK)
+        if self._limit is None:
+            data = self._file.read(_BLOCK)
+        else:  # stopping: what the file held at stop() only
+            data = self._file.read(
+                max(0, min(_BLOCK, self._limit - self._rest_at - len(self._rest)))
+            )
         if not data:
             return False
+        self._at_end = False
         if self._rest:
             data = self._rest + data
         parts = data.split(b"\n")
