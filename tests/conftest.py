@@ -2,6 +2,12 @@
 environment variable HYPOTHESIS_PROFILE. Neither has a deadline: a run's duration depends on
 the event loop, not only on the example.
 
+A heavy property (every example runs whole workflows, and reactivex or a model beside them)
+takes a share of the profile's count: ``@settings(max_examples=examples(2))`` with
+``harness.examples`` runs 100 examples under "ci", a few seconds, and 1000 under "deep"; its
+timeout is sized from that number. So the suite keeps to its budget (one event loop in under
+four minutes on two cores) while ``HYPOTHESIS_PROFILE=deep`` still searches ten times further.
+
 The event loop: the standard one, or uvloop's with MIMO_RX_LOOP=uvloop."""
 
 from __future__ import annotations

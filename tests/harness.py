@@ -22,6 +22,8 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from hypothesis import settings
+
 import mimo_rx
 from mimo_rx import Stream, Workflow
 
@@ -86,6 +88,12 @@ def run_checked(
             others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
             leftovers.extend(repr(t) for t in others)
 
+    # What exists before the run is frozen: the collection after it scans only what the run
+    # made (a full collection of the suite's heap takes 50 ms or more, per run, and was most of
+    # the suite's time). Heap searches during the run (gc.get_referrers in the deadlock
+    # monitor) skip frozen objects; what they look for, the run's asyncio.Timeout objects, the
+    # run makes.
+    gc.freeze()
     asyncio.set_event_loop(loop)
     error: BaseException | None = None
     result = None
@@ -106,6 +114,7 @@ def run_checked(
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+        gc.unfreeze()
 
     problems = [f"task left pending: {t}" for t in leftovers]
     problems += [
@@ -123,6 +132,22 @@ async def yield_to_loop(times: int = 1) -> None:
     """Let every task that is ready run one step (an explicit yield, not a timed wait)."""
     for _ in range(times):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    """Polls ``await condition()`` until it is true, for state that sends no event to wait on
+    (a broker's, a server's over HTTP); ``TimeoutError`` after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while not await condition():  # noqa: ASYNC110 - the state has no event to wait on
+            await asyncio.sleep(0.02)
+
+
+def examples(share: int, floor: int = 20) -> int:
+    """``max_examples`` for a heavy property, one whose every example runs whole workflows:
+    the active hypothesis profile's count (tests/conftest.py: 200 for "ci", 2000 for "deep")
+    divided by ``share``, and never fewer than ``floor``. Write it as
+    ``@settings(max_examples=examples(8))``; size the test's timeout from the result."""
+    return max(floor, settings.default.max_examples // share)
 
 
 # The orders in which race_cancel() cancels a pending call and does the action that would
@@ -197,6 +222,29 @@ def linear(*streams: Stream, buffer_size: int | None = None) -> tuple[Workflow, 
     return workflow, steps
 
 
+def broadcast_then_drain_one_input_first(buffer_size: int = 2) -> Workflow:
+    """The smallest deadlock: ``src.out`` (10 items) feeds ``join.a`` and ``join.b``, and
+    ``join`` reads all of ``a`` before it looks at ``b``; ``b`` fills up and ``src`` waits on
+    it while ``join`` waits for more of ``a``. With ``buffer_size >= 10`` it completes."""
+
+    async def produce(ins: Any, outs: Any, state: Any) -> None:
+        for i in range(10):
+            await outs.out.push(i)
+
+    async def drain_a_first(ins: Any, outs: Any, state: Any) -> None:
+        async for _ in ins.a:
+            pass
+        async for _ in ins.b:
+            pass
+
+    workflow = Workflow(buffer_size=buffer_size)
+    src = workflow.add_stream(Stream(outs=["out"], fn=produce, name="src"))
+    join = workflow.add_stream(Stream(["a", "b"], fn=drain_a_first, name="join"))
+    src.pipe(join, input="a")
+    src.pipe(join, input="b")
+    return workflow
+
+
 def input_stats(workflow: Workflow, step: str, port: str) -> dict[str, Any]:
     return workflow.stats()["streams"][step]["inputs"][port]
 
@@ -252,6 +300,8 @@ __all__ = [
     "LeakError",
     "RecordingObserver",
     "assert_stats_identity",
+    "broadcast_then_drain_one_input_first",
+    "examples",
     "input_stats",
     "linear",
     "mapper",
@@ -259,5 +309,6 @@ __all__ = [
     "race_cancel",
     "run_checked",
     "source",
+    "until",
     "yield_to_loop",
 ]

@@ -17,6 +17,7 @@ from harness import (
     Collector,
     RecordingObserver,
     assert_stats_identity,
+    examples,
     input_stats,
     race_cancel,
     run_checked,
@@ -28,8 +29,10 @@ from hypothesis import strategies as st
 import mimo_rx
 from mimo_rx import ClosedError, ConfigError, DeadlockError, EndOfStream, Stream, Workflow
 
-# The "deep" profile runs ten times the examples: give it the time (60 s for "ci").
-TIMEOUT_S = max(60, settings.default.max_examples * 0.3)
+# The property runs half the profile's examples (100 for "ci", 1000 for "deep"), with room for
+# a loaded machine (60 s for "ci").
+EXAMPLES = examples(2)
+TIMEOUT_S = max(60, EXAMPLES * 0.3)
 
 
 def as_kind(items: list[int], kind: str) -> Iterable[int]:
@@ -163,7 +166,7 @@ def scenario_consumer(index: int, c: Consumer) -> Stream:
     return Stream(["x"], fn=consume, name=f"c{index}")
 
 
-@settings(deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(scenarios())
 @pytest.mark.timeout(TIMEOUT_S)
 def test_mixed_single_and_batch_calls_deliver_every_item_once_in_order_within_thresholds(

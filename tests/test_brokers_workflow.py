@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from harness import run_checked
+from harness import run_checked, until
 
 from mimo_rx import Failure, Stream, Workflow, map_stream
 
@@ -22,13 +23,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-async def until(condition: Any, seconds: float = 15.0) -> None:
-    """Polls ``await condition()`` (a broker's state, which sends no event) until it is true."""
-    async with asyncio.timeout(seconds):
-        while not await condition():  # noqa: ASYNC110 - the broker's state has no event to wait on
-            await asyncio.sleep(0.02)
-
-
 def gated_sink(got: list[Any], gate: asyncio.Event) -> Stream:
     """A sink that takes one item and holds it until ``gate`` is set."""
 
@@ -38,6 +32,23 @@ def gated_sink(got: list[Any], gate: asyncio.Event) -> Stream:
             await gate.wait()
 
     return Stream(ins=["x"], fn=hold, name="sink")
+
+
+async def acked_only_once_done(
+    got: list[Any], gate: asyncio.Event, state: Callable[[], Awaitable[Any]], held: Any, acked: Any
+) -> None:
+    """The gated sink takes its first item and holds it: six commit intervals later the broker
+    still has every message unacked (``await state() == held``); once the gate opens, the
+    sink takes the rest and the broker gets every ack (``await state() == acked``)."""
+    await until(lambda: asyncio.sleep(0, len(got) == 1))
+    await asyncio.sleep(0.3)  # six commit intervals: nothing done, nothing acked
+    assert await state() == held
+    gate.set()
+
+    async def all_acked() -> bool:
+        return await state() == acked
+
+    await until(all_acked)
 
 
 def test_redis_entries_are_acked_only_once_the_graph_is_done_with_them(redis_url: str) -> None:
@@ -61,15 +72,7 @@ def test_redis_entries_are_acked_only_once_the_graph_is_done_with_them(redis_url
                 async def pending() -> int:
                     return int((await r.xpending(stream, group))["pending"])
 
-                await until(lambda: asyncio.sleep(0, got == ["0"]))
-                await asyncio.sleep(0.3)  # six commit intervals: nothing done, nothing acked
-                assert await pending() == 5
-                gate.set()
-
-                async def all_acked() -> bool:
-                    return await pending() == 0
-
-                await until(all_acked)
+                await acked_only_once_done(got, gate, pending, held=5, acked=0)
                 assert got == ["0", "1", "2", "3", "4"]
                 workflow.stop()
         finally:
@@ -187,15 +190,11 @@ def test_nats_messages_are_acked_only_once_the_graph_is_done_with_them(nats_url:
             messages.pipe(workflow.add_stream(map_stream(lambda m: m.data)))
             workflow.steps[-1].pipe(workflow.add_stream(gated_sink(got, gate)))
             async with workflow.running():  # a failure in the body cancels the run
-                await until(lambda: asyncio.sleep(0, got == [b"0"]))
-                await asyncio.sleep(0.3)  # six commit intervals: nothing done, nothing acked
-                assert await consumer_state(js, stream, durable) == (5, 0)
-                gate.set()
 
-                async def all_acked() -> bool:
-                    return await consumer_state(js, stream, durable) == (0, 0)
+                async def state() -> tuple[int, int] | None:
+                    return await consumer_state(js, stream, durable)
 
-                await until(all_acked)
+                await acked_only_once_done(got, gate, state, held=(5, 0), acked=(0, 0))
                 assert got == [b"0", b"1", b"2", b"3", b"4"]
                 workflow.stop()
         finally:

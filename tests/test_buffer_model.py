@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any
 
 import pytest
-from harness import yield_to_loop
+from harness import examples, yield_to_loop
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -39,8 +39,9 @@ from hypothesis.stateful import (
 from mimo_rx import EndOfStream, Stream, Workflow
 
 SETTLE = 10  # loop iterations that let every woken task take its next step
-# The "deep" profile runs ten times the examples: give it the time (60 s for "ci").
-TIMEOUT_S = max(60, settings.default.max_examples * 0.3)
+# Half the profile's examples (100 for "ci", 1000 for "deep"), with room for a loaded machine.
+EXAMPLES = examples(2)
+TIMEOUT_S = max(60, EXAMPLES * 0.3)
 
 
 class OneInputBuffer(RuleBasedStateMachine):
@@ -299,3 +300,4 @@ class OneInputBuffer(RuleBasedStateMachine):
 TestOneInputBufferBehavesLikeABoundedDeque = OneInputBuffer.TestCase
 TestOneInputBufferBehavesLikeABoundedDeque.__name__ = "TestOneInputBufferBehavesLikeABoundedDeque"
 TestOneInputBufferBehavesLikeABoundedDeque.pytestmark = [pytest.mark.timeout(TIMEOUT_S)]
+TestOneInputBufferBehavesLikeABoundedDeque.settings = settings(max_examples=EXAMPLES)

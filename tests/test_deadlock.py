@@ -11,6 +11,7 @@ import pytest
 from harness import (
     Collector,
     RecordingObserver,
+    broadcast_then_drain_one_input_first,
     linear,
     mapper,
     run_checked,
@@ -21,27 +22,6 @@ from reactivex import operators as ops
 
 import mimo_rx
 from mimo_rx import DeadlockError, Stream, StreamError, Workflow
-
-
-def broadcast_then_drain_one_input_first(buffer_size: int = 2) -> Workflow:
-    """src.out feeds join.a and join.b; join reads all of a before looking at b."""
-
-    async def produce(ins, outs, state):
-        for i in range(10):
-            await outs.out.push(i)
-
-    async def drain_a_first(ins, outs, state):
-        async for _ in ins.a:
-            pass
-        async for _ in ins.b:
-            pass
-
-    wf = Workflow(buffer_size=buffer_size)
-    src = wf.add_stream(Stream(outs=["out"], fn=produce, name="src"))
-    join = wf.add_stream(Stream(["a", "b"], fn=drain_a_first, name="join"))
-    src.pipe(join, input="a")
-    src.pipe(join, input="b")
-    return wf
 
 
 def assert_names(message: str, *fragments: str) -> None:

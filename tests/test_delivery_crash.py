@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "examples" / "resumable_job.py"
 LINE_BYTES = 19  # "00000001,003,12345\n", the example's fixed-width order line
+RESULT_BYTES = 17  # the longest result row: "00000001,1299870\n"
 MAX_IN_FLIGHT = 200
 COMMIT_INTERVAL = 0.1
 # An ack reaches the disk within commit_interval of the line being done, plus its fsyncs: on a
@@ -65,6 +66,12 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_within_the_bound(
     tmp_path: Path,
 ) -> None:
     lines, kills_wanted = 20_000, 6
+    # Each run is killed a random time (0-0.25 s, up to 2.5 commit intervals) after its first
+    # result. Unpaced, a fast machine got through 4,500 orders in that time, and the runs
+    # finished the job before the fifth kill: 1 ms of work per order (8 at a time) paces the
+    # runs to be killed to 1,200 at most, and the last run goes at full speed. Should a busy
+    # machine still be late to kill, a run is killed once it has written a twelfth of the job.
+    most_per_run = lines * RESULT_BYTES // (2 * kills_wanted)
     results, checkpoint = tmp_path / "results.csv", tmp_path / "orders.txt.checkpoint"
     rng = random.Random()
     runs: list[tuple[int, int]] = []  # per run: its byte range of results.csv
@@ -72,14 +79,18 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_within_the_bound(
     crashes: list[tuple[int, set[int], int]] = []
     while True:
         begin = size(results)
-        with start(tmp_path, lines) as child:
+        paced = ["--work-ms", "1"] if len(crashes) < kills_wanted else []
+        with start(tmp_path, lines, *paced) as child:
             assert child.stdout is not None and child.stderr is not None
             first = child.stdout.readline()  # the first result is written (or the job ended)
             if len(crashes) < kills_wanted and first.startswith("resumed at"):
                 samples: list[tuple[float, int]] = []
                 kill_at = time.monotonic() + rng.uniform(0.0, 0.25)
                 while (now := time.monotonic()) < kill_at and child.poll() is None:
-                    samples.append((now, size(results)))
+                    samples.append((now, written := size(results)))
+                    if written - begin >= most_per_run:
+                        kill_at = now
+                        break
                     time.sleep(0.003)
                 if child.poll() is None:
                     child.send_signal(signal.SIGKILL)

@@ -92,8 +92,11 @@ def test_metrics_endpoint_prints_a_final_line_when_stopped(
     signum: int, returncode: int, label: str
 ) -> None:
     pytest.importorskip("prometheus_client")
+    # --linger 0: the drained run would keep serving its final counts 15 s more (the linger
+    # and a SIGTERM during it are tested in test_examples.py)
+    options = ["--port", "0", "--seconds", "30", "--linger", "0"]
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), "--port", "0", "--seconds", "30"],
+        [sys.executable, str(EXAMPLES / "metrics_endpoint.py"), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import reactivex
-from harness import Collector, RecordingObserver, assert_stats_identity, run_checked
+from harness import Collector, RecordingObserver, assert_stats_identity, examples, run_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
@@ -403,9 +403,11 @@ def _is_known(stages: Stages) -> bool:
     return all(spec[0] in KNOWN for specs in stages for spec in specs)
 
 
-# Each example runs the chain four times (fast path, Rx path, the model or reactivex): the
-# timeout scales with the examples of the profile, and leaves room for a loaded machine.
-TIMEOUT_S = max(300, settings.default.max_examples * 1.5)
+# Each example runs the chain four times (fast path, Rx path, the model or reactivex), 10-30
+# ms: half the profile's examples (100 for "ci", 1000 for "deep") take a few seconds, and the
+# timeout leaves far more than that for a loaded machine.
+EXAMPLES = examples(2)
+TIMEOUT_S = max(60, EXAMPLES * 1.5)
 
 chains = st.lists(st.lists(op_specs, min_size=1, max_size=3), min_size=1, max_size=4)
 known_chains = st.lists(st.lists(known_specs, min_size=1, max_size=3), min_size=1, max_size=4)
@@ -448,6 +450,7 @@ def _check_resume(items: list[int], stages: Stages, buffer_size: int) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(inputs, chains, buffers)
 def test_operator_chain_emits_what_reactivex_emits(
     items: list[int], stages: Stages, buffer_size: int
@@ -456,6 +459,7 @@ def test_operator_chain_emits_what_reactivex_emits(
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(inputs, known_chains, buffers)
 def test_known_chain_emits_what_reactivex_emits(
     items: list[int], stages: Stages, buffer_size: int
@@ -464,6 +468,7 @@ def test_known_chain_emits_what_reactivex_emits(
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(inputs, chains, buffers)
 def test_resuming_chain_follows_the_contract(
     items: list[int], stages: Stages, buffer_size: int
@@ -472,6 +477,7 @@ def test_resuming_chain_follows_the_contract(
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(inputs, known_chains, buffers)
 def test_resuming_known_chain_follows_the_contract(
     items: list[int], stages: Stages, buffer_size: int

@@ -24,7 +24,13 @@ from typing import Any
 
 import pytest
 import reactivex
-from harness import assert_stats_identity, copies_received, run_checked, yield_to_loop
+from harness import (
+    assert_stats_identity,
+    copies_received,
+    examples,
+    run_checked,
+    yield_to_loop,
+)
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
@@ -33,7 +39,9 @@ from reactivex.disposable import CompositeDisposable
 from mimo_rx import Stream, StreamError, Workflow, rx_stream
 
 MAX_DELIVERIES = 600  # keeps one example fast
-TIMEOUT_S = max(60, settings.default.max_examples * 0.5)
+# Half the profile's examples (100 for "ci", 1000 for "deep"), with room for a loaded machine.
+EXAMPLES = examples(2)
+TIMEOUT_S = max(60, EXAMPLES * 0.5)
 
 
 class InjectedFault(Exception):
@@ -374,6 +382,7 @@ async def _run(wf: Workflow, scenario: Scenario) -> str:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(scenarios())
 def test_random_dags_with_a_fault_or_a_cancellation_deliver_exactly_once_or_fail_exactly_once(
     scenario,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import reactivex.operators as ops
-from harness import run_checked
+from harness import examples, run_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1134,7 +1134,8 @@ def build(spec: dict[str, Any], oracle: Oracle, src: Recorder) -> Workflow:
     return wf
 
 
-@settings(max_examples=60)
+@pytest.mark.timeout(max(60, examples(4) * 0.5))
+@settings(max_examples=examples(4))  # 50 for "ci", 500 for "deep"
 @given(graphs())
 def test_property_every_message_acked_once_never_early(spec: dict[str, Any]) -> None:
     oracle = Oracle()

@@ -546,22 +546,25 @@ def test_stats_from_another_thread_answers_within_about_a_second_while_the_loop_
     None
 ):
     """A read from another thread is made on the loop; a loop blocked by a stream that does
-    not await (time.sleep) cannot answer, so after LOOP_READ_TIMEOUT_S the counters are read
+    not await (a blocking wait) cannot answer, so after LOOP_READ_TIMEOUT_S the counters are read
     directly (they cannot change while the loop is blocked)."""
-    started = threading.Event()
+    started, done = threading.Event(), threading.Event()
     answered: list[tuple[float, dict[str, Any]]] = []
 
     async def blocker(ins: Any, outs: Any, state: Any) -> None:
         for i in range(3):
             await outs.out.push(i)
         started.set()
-        time.sleep(2.5)  # noqa: ASYNC251 - blocking the loop is the point
+        # Blocking the loop is the point: until the read is answered, at most 5 s (a read
+        # that waited for the loop would take those 5 s).
+        done.wait(5)
 
     def read() -> None:
         started.wait(10)
         t0 = time.monotonic()
         snapshot = wf.stats()
         answered.append((time.monotonic() - t0, snapshot))
+        done.set()
 
     wf = Workflow()
     wf.add_stream(Stream(outs=["out"], fn=blocker, name="blocker")).pipe(wf.add_stream(Collector()))

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from harness import assert_stats_identity, copies_received, run_checked
+from harness import assert_stats_identity, copies_received, examples, run_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimo_rx import Stream, Workflow
 
 MAX_DELIVERIES = 1500  # keeps one example fast: fan-out multiplies items along paths
-# The "deep" profile runs ten times the examples: give it the time (60 s for "ci").
-TIMEOUT_S = max(60, settings.default.max_examples * 0.3)
+# Half the profile's examples (100 for "ci", 1000 for "deep"); one takes 10-40 ms, and the
+# timeout leaves ten times that for a loaded machine (60 s for "ci").
+EXAMPLES = examples(2)
+TIMEOUT_S = max(60, EXAMPLES * 0.3)
 
 
 @dataclass
@@ -216,6 +218,7 @@ def expected_threshold(node: Node, edges: list[Edge], port: str, workflow_size: 
 
 
 @pytest.mark.timeout(TIMEOUT_S)
+@settings(max_examples=EXAMPLES)
 @given(graphs())
 def test_random_dags_deliver_every_item_once_per_path_in_order_within_thresholds(graph):
     workflow_size, nodes, edges = graph

@@ -29,6 +29,7 @@ from harness import (
     Collector,
     RecordingObserver,
     assert_stats_identity,
+    examples,
     input_stats,
     run_checked,
     yield_to_loop,
@@ -571,7 +572,7 @@ def test_the_policies_drop_exactly_what_the_contract_says():
         assert (sink.items, input_stats(wf, "sink", "x")["dropped"]) == model_policy(policy, 3, 5)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(5))  # 40 for "ci", 400 for "deep"
 @given(
     policy=st.sampled_from(POLICIES),
     threshold=st.integers(min_value=1, max_value=6),
@@ -1209,7 +1210,7 @@ def test_a_fused_chain_with_a_thread_hop_in_the_middle_keeps_order_and_counts_ea
         assert input_stats(wf, name, "x")["taken"] == 3000
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(4), deadline=None)  # 50 for "ci", 500 for "deep"
 @given(
     routes=st.lists(st.integers(0, 2), max_size=300),
     sizes=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),

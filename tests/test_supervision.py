@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import reactivex
-from harness import Collector, RecordingObserver, run_checked, source, yield_to_loop
-from hypothesis import given
+from harness import Collector, RecordingObserver, examples, run_checked, source, yield_to_loop
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
 
@@ -728,7 +728,9 @@ def test_cancelling_during_a_timed_out_executor_call_returns_promptly_and_leaves
 # -- nothing is lost (a property) ------------------------------------------------------------
 
 
-@pytest.mark.timeout(180)  # 200 examples; a loaded 2-core machine runs them in 5-30 s
+# Half the profile's examples (100 for "ci", 1000 for "deep"): a few seconds for "ci".
+@pytest.mark.timeout(max(60, examples(2) * 0.5))
+@settings(max_examples=examples(2))
 @given(
     n=st.integers(0, 40),
     bad=st.sets(st.integers(0, 39)),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import reactivex.operators as ops
+from harness import broadcast_then_drain_one_input_first
 
 from mimo_rx import ConfigError, DeadlockError, Stream, Workflow, map_stream, operator, testing
 from mimo_rx.testing import Stalled
@@ -336,27 +337,8 @@ def test_map_stream_backoff_waits_in_virtual_time():
 # -- exact deadlocks ------------------------------------------------------------------------------
 
 
-def drain_one_input_first() -> Workflow:
-    async def produce(ins, outs, state):
-        for i in range(10):
-            await outs.out.push(i)
-
-    async def drain_a_first(ins, outs, state):
-        async for _ in ins.a:
-            pass
-        async for _ in ins.b:
-            pass
-
-    workflow = Workflow(buffer_size=2)
-    src = workflow.add_stream(Stream(outs=["out"], fn=produce, name="src"))
-    join = workflow.add_stream(Stream(["a", "b"], fn=drain_a_first, name="join"))
-    src.pipe(join, input="a")
-    src.pipe(join, input="b")
-    return workflow
-
-
 def test_a_deadlock_in_virtual_time_fails_at_once():
-    workflow = drain_one_input_first()
+    workflow = broadcast_then_drain_one_input_first()
 
     async def main():
         with pytest.raises(DeadlockError, match="'join'"):
@@ -369,7 +351,7 @@ def test_a_deadlock_in_virtual_time_fails_at_once():
 
 
 def test_an_application_timer_keeps_time_moving_and_the_verdict_comes_in_virtual_seconds():
-    workflow = drain_one_input_first()
+    workflow = broadcast_then_drain_one_input_first()
 
     async def tick():
         for _ in range(10**6):  # an application's periodic timer
@@ -717,7 +699,7 @@ def test_the_workflow_scheduler_reports_the_loop_clock():
 
 
 def test_a_deadlock_is_reported_at_once_while_a_server_socket_is_open():
-    workflow = drain_one_input_first()
+    workflow = broadcast_then_drain_one_input_first()
 
     async def main():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)

@@ -16,14 +16,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
 
-from harness import run_checked  # noqa: E402
+from harness import run_checked, until  # noqa: E402
 from test_examples import EXAMPLES, load  # noqa: E402
 
 web_service = load("web_service")
@@ -301,43 +301,58 @@ def test_shutdown_returns_what_was_read_of_an_unfinished_upload_and_marks_it_inc
 # -- SIGTERM in a child process -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def killed_on_exit(proc: asyncio.subprocess.Process) -> Iterator[None]:
+async def read_line(stream: asyncio.StreamReader) -> str:
+    async with asyncio.timeout(15):
+        return (await stream.readline()).decode()
+
+
+@contextlib.asynccontextmanager
+async def service_process(delay: float) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``examples/web_service.py`` in a child process on a free port (concurrency 2, ``delay``
+    seconds per record): yields the process and its URL once it listens; killed at the end
+    if it is still running."""
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "web_service.py"),
+        "--port",
+        "0",
+        "--delay",
+        str(delay),
+        "--concurrency",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
     try:
-        yield
+        assert proc.stdout is not None
+        first = await read_line(proc.stdout)
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        yield proc, first.split()[-1]
     finally:
         if proc.returncode is None:
             proc.kill()
 
 
-async def read_line(stream: asyncio.StreamReader) -> str:
-    async with asyncio.timeout(15):
-        return (await stream.readline()).decode()
+async def until_records_read(url: str, wanted: Callable[[list[int]], bool]) -> None:
+    """Polls ``GET /stats`` until ``wanted`` holds for the records read by each request."""
+    async with aiohttp.ClientSession() as session:
+
+        async def read_enough() -> bool:
+            async with session.get(f"{url}/stats") as reply:
+                requests = (await reply.json())["requests"]
+            return wanted([r["records"] for r in requests.values()])
+
+        await until(read_enough)
 
 
 def test_sigterm_drains_every_record_read_before_the_signal_and_exits_0() -> None:
     sent = 20
 
     async def main() -> dict[str, Any]:
-        env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(EXAMPLES / "web_service.py"),
-            "--port",
-            "0",
-            "--delay",
-            "0.1",
-            "--concurrency",
-            "2",
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert proc.stdout is not None
         release = asyncio.Event()
-        with killed_on_exit(proc):
-            first = await read_line(proc.stdout)
-            assert first.startswith("listening on http://127.0.0.1:"), first
-            url = first.split()[-1]
+        async with service_process(delay=0.1) as (proc, url):
+            assert proc.stdout is not None
             async with aiohttp.ClientSession() as session:
 
                 async def body() -> AsyncIterator[bytes]:
@@ -348,13 +363,7 @@ def test_sigterm_drains_every_record_read_before_the_signal_and_exits_0() -> Non
                 async with session.post(f"{url}/process", data=body()) as response:
                     received: list[Any] = []
                     reading = asyncio.create_task(read_ndjson(response, received))
-                    async with asyncio.timeout(15):  # until the server has read every line sent
-                        while True:
-                            async with session.get(f"{url}/stats") as reply:
-                                requests = (await reply.json())["requests"]
-                            if [r["records"] for r in requests.values()] == [sent]:
-                                break
-                            await asyncio.sleep(0.01)
+                    await until_records_read(url, lambda read: read == [sent])  # every line sent
                     before_signal = len(results_of(received))
                     proc.send_signal(signal.SIGTERM)
                     draining = await read_line(proc.stdout)
@@ -456,23 +465,8 @@ def test_sigterm_drain_ends_the_response_of_a_client_that_reads_only_after_it_be
     records = 600  # ~600 KiB: most of it is still unread in the sockets when the drain begins
 
     async def main() -> dict[str, Any]:
-        env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(EXAMPLES / "web_service.py"),
-            "--port",
-            "0",
-            "--delay",
-            "0.05",
-            "--concurrency",
-            "2",
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert proc.stdout is not None
-        with killed_on_exit(proc):
-            first = await read_line(proc.stdout)
-            url = first.split()[-1]
+        async with service_process(delay=0.05) as (proc, url):
+            assert proc.stdout is not None
             host, port = url.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
@@ -482,13 +476,7 @@ def test_sigterm_drain_ends_the_response_of_a_client_that_reads_only_after_it_be
             for n in range(records):  # buffered by the transport: written as the server reads
                 line = record(n, padded=True)
                 writer.write(b"%x\r\n%s\r\n" % (len(line), line))
-            async with aiohttp.ClientSession() as session, asyncio.timeout(15):
-                while True:  # until the server has read some lines
-                    async with session.get(f"{url}/stats") as reply:
-                        requests = (await reply.json())["requests"]
-                    if any(r["records"] >= 20 for r in requests.values()):
-                        break
-                    await asyncio.sleep(0.01)
+            await until_records_read(url, lambda read: any(n >= 20 for n in read))  # some lines
             proc.send_signal(signal.SIGTERM)
             draining = await read_line(proc.stdout)
             await asyncio.sleep(0.5)  # the drain ends the response meanwhile; nobody reads it

@@ -748,6 +748,24 @@ def test_the_checked_runner_reports_a_subscriber_left_subscribed():
         run_checked(nothing(), workflows=[wf])
 
 
+def test_the_checked_runner_reports_a_failed_task_nobody_awaited_that_only_the_collector_frees():
+    """The runner freezes the heap that was there before the run and collects only what the
+    run made: a failed task kept alive by a reference cycle made during the run is still
+    found, and its "exception was never retrieved" reported."""
+
+    async def fail() -> None:
+        raise ValueError("nobody looks at me")
+
+    async def careless() -> None:
+        task = asyncio.get_running_loop().create_task(fail())
+        await asyncio.sleep(0)  # it runs and fails; nobody awaits it
+        holder: dict[str, Any] = {"task": task}
+        holder["self"] = holder  # a cycle: refcounting alone never frees the task
+
+    with pytest.raises(LeakError, match=r"never retrieved.*nobody looks at me"):
+        run_checked(careless())
+
+
 # -- issue 23: no error is swallowed, whatever it is and however it prints --------------------
 
 
