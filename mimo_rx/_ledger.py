@@ -18,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Hashable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ._lineage import NACK, PAYLOAD, Holder, Ticket, new_ticket
+
+_token = itemgetter(PAYLOAD)  # of a ticket, at C speed
 
 if TYPE_CHECKING:
     from ._acksource import AckSource
@@ -41,6 +44,7 @@ class Ledger:
         self.acked = 0
         self.nacked = 0
         self._done: list[Ticket] = []  # done, not yet passed to ack()/nack()
+        self._flagged = 0  # tickets flagged to be nacked (``failed``) not yet passed on
         # The owner's callback of every ticket, once per message. While the source does not
         # wait for it, it only queues the ticket (a C call: no per-message Python frame);
         # _set_done swaps in the variants that wake the source or, at the end, ignore it.
@@ -109,8 +113,9 @@ class Ledger:
             self.done = self._done.append  # as _done_at_cap
 
     def failed(self, ticket: Ticket, failure: Any, taken: bool) -> None:
-        if not taken:
+        if not taken and not ticket[NACK]:
             ticket[NACK] = True
+            self._flagged += 1
 
     # -- the cap ---------------------------------------------------------------------------
 
@@ -218,8 +223,12 @@ class Ledger:
         while self._done and self.error is None:
             done = self._done[:]
             self._done.clear()  # the same list: ``done`` may be its append
-            acks = [ticket[PAYLOAD] for ticket in done if not ticket[NACK]]
-            nacks = [ticket[PAYLOAD] for ticket in done if ticket[NACK]]
+            if self._flagged:  # some are to be nacked
+                acks = [ticket[PAYLOAD] for ticket in done if not ticket[NACK]]
+                nacks = [ticket[PAYLOAD] for ticket in done if ticket[NACK]]
+                self._flagged -= len(nacks)
+            else:
+                acks, nacks = list(map(_token, done)), []
             self.acked += len(acks)
             self.nacked += len(nacks)
             room = self._room
