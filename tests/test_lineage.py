@@ -595,10 +595,7 @@ def test_stop_cancels_a_waiting_fetch_and_flushes() -> None:
     wf.add_source(src, commit_interval=10.0).pipe(sink)  # only the final flush acks
 
     async def main() -> None:
-        task = asyncio.ensure_future(wf.start())
-        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
-            await asyncio.sleep(0.001)
-        wf.stop()
+        task = await stop_once_fetching(wf, src)
         await task
 
     run_checked(main())
@@ -655,6 +652,16 @@ class StopCompletes(Recorder):
         return out
 
 
+async def stop_once_fetching(wf: Workflow, src: Any) -> asyncio.Future[None]:
+    """Start ``wf``, wait until ``src`` waits in ``fetch``, then ``stop()`` (which cancels
+    that fetch; then ``fetch_at_stop`` is called until it returns None). Returns the run."""
+    task = asyncio.ensure_future(wf.start())
+    while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
+        await asyncio.sleep(0.001)
+    wf.stop()
+    return task
+
+
 def test_stop_asks_fetch_at_stop_within_the_cap_and_acks_what_it_hands_out() -> None:
     src = StopCompletes(10, extra=25)
     wf = Workflow(buffer_size=64)
@@ -668,10 +675,7 @@ def test_stop_asks_fetch_at_stop_within_the_cap_and_acks_what_it_hands_out() -> 
     wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
 
     async def main() -> None:
-        task = asyncio.ensure_future(wf.start())
-        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
-            await asyncio.sleep(0.001)
-        wf.stop()  # cancels the waiting fetch; then fetch_at_stop, until None
+        task = await stop_once_fetching(wf, src)
         await asyncio.wait_for(task, 5.0)
 
     run_checked(main())
@@ -691,10 +695,7 @@ def test_a_fetch_at_stop_that_raises_fails_the_run_naming_the_source() -> None:
     )
 
     async def main() -> None:
-        task = asyncio.ensure_future(wf.start())
-        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
-            await asyncio.sleep(0.001)
-        wf.stop()
+        task = await stop_once_fetching(wf, src)
         await asyncio.wait_for(task, 5.0)
 
     with pytest.raises(StreamError, match="orders") as info:
@@ -717,10 +718,7 @@ def test_cancel_during_the_drain_of_fetch_at_stop_cancels_the_run() -> None:
     wf.add_source(src, max_in_flight=4, commit_interval=10.0).pipe(sink)
 
     async def main() -> None:
-        task = asyncio.ensure_future(wf.start())
-        while not src.fetching:  # noqa: ASYNC110 (polls the source the test wrote)
-            await asyncio.sleep(0.001)
-        wf.stop()
+        task = await stop_once_fetching(wf, src)
         while len(src.at_stop) < 5:  # noqa: ASYNC110 (polls the source the test wrote)
             await asyncio.sleep(0.001)
         wf.cancel()  # in the middle of the drain
