@@ -222,10 +222,14 @@ class ObservableSource(Stream):
             block_signals_in_this_thread()  # Ctrl-C belongs to the loop's thread
             observer.cold_thread = threading.get_ident()
             try:
-                # Any ObservableBase works here (take_until only calls its subscribe()).
+                # Any ObservableBase works here (take_until only calls its subscribe()). A
+                # plain Subject emits nothing while it is subscribed, so it needs no
+                # take_until, whose two observers every item would pass through (a
+                # ReplaySubject replays inside subscribe(): that must be broken off by it).
                 source = cast(Observable[Any], self.observable)
-                stoppable = ops.take_until(observer.stop)(source)
-                subscription = stoppable.subscribe(observer)
+                if type(source) is not Subject:
+                    source = ops.take_until(observer.stop)(source)
+                subscription = source.subscribe(observer)
                 self._subscription = subscription
                 if handoff.stopped:  # stopped while subscribe() ran: release what it holds
                     subscription.dispose()
@@ -254,6 +258,16 @@ class ObservableSource(Stream):
         and no Rx subscriber of the output can either. Returns whether it was delivered."""
         handoff = self._handoff
         out = self._outputs["out"]
+        fast = out._fast_target  # one blocking input, nothing else to serve (see Output.push)
+        if fast is not None and handoff is not None and handoff.waiter is not None:
+            items = fast._items
+            if len(items) < fast._mark and not handoff.entries and not handoff.stopped:
+                # Output.push's fast path: below the input's peak so far no policy applies
+                items.append(value)
+                out.pushed += 1
+                if fast._getter is not None:
+                    fast._wake_getter()
+                return True
         if (
             handoff is None
             or handoff.waiter is None  # the task is busy with earlier items (or not waiting)

@@ -1100,6 +1100,42 @@ def test_stopping_a_partly_cold_observable_early_disposes_what_it_subscribed():
     assert disposed.wait(2)
 
 
+def test_a_replay_subject_stopped_mid_replay_stops_its_thread_and_leaves_the_subject_clean():
+    # A Subject is subscribed without take_until (its items would pass two more observers):
+    # what a ReplaySubject replays inside subscribe() is cold, and is still broken off.
+    from reactivex.subject import ReplaySubject
+
+    replay: ReplaySubject[int] = ReplaySubject()
+    for i in range(10**4):  # far more than the hand-off holds
+        replay.on_next(i)
+    wf, sink = pipeline(replay, operator(ops.take(5)))
+    before = set(threading.enumerate())
+    run_checked(wf)
+    assert sink.items == [0, 1, 2, 3, 4]
+    assert join_new_threads(before) == []
+    assert replay.observers == []  # nothing of the run stays subscribed
+
+
+def test_a_subject_source_is_unsubscribed_when_the_run_ends_and_later_items_are_not_seen():
+    subject: Subject[int] = Subject()
+    wf, sink = pipeline(subject, operator(ops.map(lambda x: x * 2)))
+
+    async def main() -> None:
+        run = asyncio.ensure_future(wf.start())
+        while not subject.observers:  # noqa: ASYNC110 (Rx has no event to await)
+            await asyncio.sleep(0)
+        for i in range(3):
+            subject.on_next(i)
+        await asyncio.sleep(0.01)
+        wf.stop()
+        await asyncio.wait_for(run, 5)
+        subject.on_next(99)  # after the run: nobody listens, nothing fails
+
+    run_checked(main())
+    assert sink.items == [0, 2, 4]
+    assert subject.observers == []
+
+
 def test_a_naive_create_loop_that_ignores_disposal_is_still_stopped_when_no_longer_wanted():
     emitted = 0
 
