@@ -1,10 +1,13 @@
-"""Instructions per item of the W8 cases, counted by valgrind's callgrind: repeatable on a
-loaded machine, where CPU-time ratios are noisy.
+"""Instructions per item, counted by valgrind's callgrind: repeatable on a loaded machine,
+where CPU-time ratios are noisy.
 
 Usage::
 
     python bench/instructions.py                  # both W8 cases, 20k items
     python bench/instructions.py --n 50000 --case "in-memory AckSource"
+    # one case function of bench/mimo_cases.py, here or in another checkout (before/after):
+    python bench/instructions.py --function w1_streams
+    python bench/instructions.py --function w1_streams --repo /path/to/older/checkout
 
 Each case runs in a fresh interpreter under ``valgrind --tool=callgrind`` twice, with ``n``
 items and with none (after the same 2,000-item warm-up); the difference over ``n`` is what one
@@ -26,8 +29,8 @@ BASELINE = "plain iterable"
 CHILD = """
 import asyncio, sys
 sys.path[:0] = [{repo!r}, {bench!r}]
-import bench_w8
-case = bench_w8.CASES[{case!r}]
+import bench_w8, mimo_cases
+case = getattr(mimo_cases, {function!r}) if {function!r} else bench_w8.CASES[{case!r}]
 loop = asyncio.new_event_loop()
 loop.run_until_complete(case(2000))
 if {n}:
@@ -35,8 +38,9 @@ if {n}:
 """
 
 
-def instructions(case: str, n: int) -> int:
-    code = CHILD.format(repo=str(HERE.parent), bench=str(HERE), case=case, n=n)
+def instructions(case: str, n: int, repo: Path = HERE.parent, function: str = "") -> int:
+    bench = str(repo / "bench")
+    code = CHILD.format(repo=str(repo), bench=bench, case=case, n=n, function=function)
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     run = subprocess.run(
         [*valgrind, sys.executable, "-c", code],
@@ -50,8 +54,9 @@ def instructions(case: str, n: int) -> int:
     return int(found.group(1))
 
 
-def per_item(case: str, n: int) -> float:
-    return (instructions(case, n) - instructions(case, 0)) / n
+def per_item(case: str, n: int, repo: Path = HERE.parent, function: str = "") -> float:
+    counts = [instructions(case, count, repo, function) for count in (n, 0)]
+    return (counts[0] - counts[1]) / n
 
 
 def main() -> int:
@@ -63,7 +68,13 @@ def main() -> int:
     )
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--case", default="in-memory AckSource", choices=sorted(bench_w8.CASES))
+    parser.add_argument("--function", help="a case function of mimo_cases.py (w1_streams, ...)")
+    parser.add_argument("--repo", type=Path, default=HERE.parent, help="the checkout to count")
     args = parser.parse_args()
+    if args.function:
+        count = per_item("", args.n, args.repo, args.function)
+        print(f"{args.function} in {args.repo}: {count:,.0f} instructions per item, n={args.n}")
+        return 0
     base = per_item(BASELINE, args.n)
     case = per_item(args.case, args.n)
     print(
