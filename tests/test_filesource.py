@@ -429,49 +429,23 @@ def test_a_process_killed_while_writing_checkpoints_leaves_a_whole_one(tmp_path:
 def test_a_followed_file_feeds_a_workflow_until_stop_and_every_line_is_acked(
     tmp_path: Path,
 ) -> None:
-    from mimo_rx import Stream, Workflow
-
     path = write(tmp_path / "in.txt", b"a\n")
-
-    async def main() -> tuple[list[str], dict[str, Any]]:
-        arrived: asyncio.Queue[str] = asyncio.Queue()
-
-        async def sink(ins: Any, outs: Any, state: Any) -> None:
-            async for line in ins.x:
-                arrived.put_nowait(line)
-
-        source = FileSource(path, follow=True)
-        source.poll_interval = 0.005
-        workflow = Workflow()
-        step = workflow.add_source(source, commit_interval=0.01)
-        step.pipe(workflow.add_stream(Stream(["x"], fn=sink)))
-        run = asyncio.ensure_future(workflow.start())
-        got = [await asyncio.wait_for(arrived.get(), 10)]
-        with path.open("ab") as f:
-            f.write(b"b\r\nc\n")
-        got += [await asyncio.wait_for(arrived.get(), 10) for _ in range(2)]
-        workflow.stop()  # cancels the fetch waiting at the end of the file; drains; acks
-        await asyncio.wait_for(run, 10)
-        return got, workflow.stats()["streams"]
-
-    got, stats = asyncio.run(main())
+    got, delivery = _follow_until_stop(path, b"b\r\nc\n", 0.005, ["b", "c"], commit_interval=0.01)
     assert got == ["a", "b", "c"]
     assert checkpoint_of(path) == {"offset": 7, "done": []}
-    (delivery,) = [s["delivery"] for s in stats.values() if "delivery" in s]
-    assert delivery == {
-        "fetched": 3,
-        "acked": 3,
-        "nacked": 0,
-        "in_flight": 0,
-    }
+    assert delivery == {"fetched": 3, "acked": 3, "nacked": 0, "in_flight": 0}
 
 
 def _follow_until_stop(
-    path: Path, append: bytes, poll_interval: float, seen: list[str]
+    path: Path,
+    append: bytes,
+    poll_interval: float,
+    seen: list[str],
+    commit_interval: float = 3600,
 ) -> tuple[list[str], dict[str, int]]:
     """A workflow on ``path`` with ``follow=True``: wait for the first line at the sink,
     append ``append``, wait for the lines of ``seen`` too, then stop(). Returns every line the
-    sink saw and the delivery stats."""
+    sink saw and the delivery stats. By default nothing is acked before the stop's flush."""
     from mimo_rx import Stream, Workflow
 
     async def main() -> tuple[list[str], dict[str, int]]:
@@ -484,8 +458,7 @@ def _follow_until_stop(
         source = FileSource(path, follow=True)
         source.poll_interval = poll_interval
         workflow = Workflow()
-        # no ack before the stop's flush: the line is acked and checkpointed by the drain
-        step = workflow.add_source(source, name="lines", commit_interval=3600)
+        step = workflow.add_source(source, name="lines", commit_interval=commit_interval)
         step.pipe(workflow.add_stream(Stream(["x"], fn=sink)))
         run = asyncio.ensure_future(workflow.start())
         got = [await asyncio.wait_for(arrived.get(), 10)]
