@@ -698,15 +698,17 @@ class TrackedOutput(Output[Any]):
             raise ClosedError(self.stream_name, self.name)
         tag = self._holder.tag()
         self.pushed += 1
-        for target in self.targets:
-            target._offer_tagged(item, tag, policy, source)  # type: ignore[attr-defined]
-        if self._lossy:
-            pipe = "pipe:" + self.stream_name
-            for target, pipe_policy in self._lossy:
-                target._offer_tagged(item, tag, pipe_policy, pipe)  # type: ignore[attr-defined]
+        try:  # a policy "error" raises: the reference of ours is let go all the same
+            for target in self.targets:
+                target._offer_tagged(item, tag, policy, source)  # type: ignore[attr-defined]
+            if self._lossy:
+                pipe = "pipe:" + self.stream_name
+                for target, pipe_policy in self._lossy:
+                    target._offer_tagged(item, tag, pipe_policy, pipe)  # type: ignore[attr-defined]
+        finally:
+            decref(tag)
         if self.observers:
             self._notify(item)
-        decref(tag)
 
 
 # -- wiring -----------------------------------------------------------------------------------
