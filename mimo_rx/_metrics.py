@@ -178,6 +178,13 @@ class Watch:
             and threading.get_ident() != self._loop_thread
         ):
             return self._read_on_loop(loop, clamped)
+        if self._phase == "before":
+            # The run cannot begin while this reads (run_started takes the lock before any
+            # stream runs): a read begun before the run never straddles its first pushes.
+            with self._lock:
+                if self._phase == "before":
+                    return clamped()
+            return self.read(stats)  # it began meanwhile: read as during the run
         return clamped()
 
     def _read_on_loop(

@@ -482,12 +482,18 @@ _ADD_SOURCE_DEFAULTS: dict[str, Any] = {
 
 
 def _input_stats(port: Input[Any], threshold: int) -> dict[str, int | float]:
+    # Each counter read once, in Input.taken's order, and taken derived from those very
+    # values: the snapshot's identity holds even in a read that races the loop.
+    received = port.received
+    buffered = port.buffered
+    dropped = port.dropped
+    discarded = port.discarded
     return {
-        "received": port.received,
-        "taken": port.taken,
-        "dropped": port.dropped,
-        "discarded": port.discarded,
-        "buffered": port.buffered,
+        "received": received,
+        "taken": received - buffered - dropped - discarded,
+        "dropped": dropped,
+        "discarded": discarded,
+        "buffered": buffered,
         "peak_buffered": port.peak,
         "paused_s": round(port.paused_s, 6),
         "threshold": threshold,
