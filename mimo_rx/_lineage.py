@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
+from ._batches import Batches
 from ._errors import ClosedError, EndOfStream
 from ._ports import Held as _Held
 from ._ports import Input, Output
@@ -495,27 +496,14 @@ class LateTrackedInput(TrackedInput):
         TrackedInput._deliver_tagged(self, item, tag)
 
 
-class _TrackedBatches:
+class _TrackedBatches(Batches[Any]):
     """``batches()`` of a tracked input: each step releases the last batch before waiting."""
 
-    __slots__ = ("_max_items", "_port")
-
-    def __init__(self, port: TrackedInput, max_items: int | None) -> None:
-        self._port = port
-        self._max_items = max_items
-
-    def __aiter__(self) -> _TrackedBatches:
-        return self
+    __slots__ = ()
 
     async def __anext__(self) -> list[Any]:
-        port = self._port
-        port._release_held()
-        if not port._items:
-            try:
-                await port._wait_for_item("batches()")
-            except EndOfStream:
-                raise StopAsyncIteration from None
-        return port._take_batch(self._max_items)
+        self._port._release_held()  # type: ignore[attr-defined]
+        return await Batches.__anext__(self)
 
 
 # -- tracked outputs --------------------------------------------------------------------------
