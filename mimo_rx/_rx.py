@@ -647,26 +647,37 @@ class RxStream(Stream):
                             on_next(item)
                     except _StageFailed as failed:  # only a resuming chain raises it
                         port._give_back(batch[position + 1 :])  # not fed: stays buffered
-                        if failed.item is _UNSET:
-                            failed.item, failed.port = batch[position], port.name
-                        self._last_fed = (batch[position], port.name)
-                        self._caught = failed
-                        return True
+                        return self._failed_on(failed, batch[position], port.name)
                     if self._caught is not None:
                         # An operator that catches its downstream's exceptions (do_action's
                         # after_next, ...) swallowed the failure: the item is unknown and the
                         # rest of the batch went into the broken chain.
                         return True
                 elif port._closed and not feed.done:
-                    try:
-                        feed.on_completed()
-                    except _StageFailed as failed:
-                        self._caught = failed
+                    if self._end_feed(feed):
                         return True
                     fed = True
         finally:
             self._feeding = False
         return fed
+
+    def _failed_on(self, failed: _StageFailed, item: Any, port: str) -> bool:
+        """A resuming chain failed while ``item`` of input ``port`` was fed: remember it for
+        ``_resume`` (the stage that raised may have named its own item already)."""
+        if failed.item is _UNSET:
+            failed.item, failed.port = item, port
+        self._last_fed = (item, port)
+        self._caught = failed
+        return True
+
+    def _end_feed(self, feed: _Feed) -> bool:
+        """Complete the feed of a closed input; true when a resuming chain failed on it."""
+        try:
+            feed.on_completed()
+        except _StageFailed as failed:
+            self._caught = failed
+            return True
+        return False
 
     # -- lineage (contract section 12): an item fed into the chain stays held (in the
     # holder's ``loose``) until the chain next emits; what it emits meanwhile derives from it.
@@ -734,18 +745,11 @@ class RxStream(Stream):
                     except _StageFailed as failed:
                         port._give_back(batch[position + 1 :])
                         port._give_back_tags(tags[position + 1 :])  # type: ignore[attr-defined]
-                        if failed.item is _UNSET:
-                            failed.item, failed.port = batch[position], port.name
-                        self._last_fed = (batch[position], port.name)
-                        self._caught = failed
-                        return True
+                        return self._failed_on(failed, batch[position], port.name)
                     if self._caught is not None:
                         return True
                 elif port._closed and not feed.done:
-                    try:
-                        feed.on_completed()
-                    except _StageFailed as failed:
-                        self._caught = failed
+                    if self._end_feed(feed):
                         return True
                     fed = True
         finally:
