@@ -1,6 +1,6 @@
 """The ledger of one acknowledged source: done messages batched into acks, and the cap.
 
-* Each fetched message gets a :class:`~mimo_rx._lineage.Ticket` owned by the ledger. When it
+* Each fetched message gets a ticket (``_lineage.py``) owned by the ledger. When it
   is done the ledger queues its token for ``ack()`` (or ``nack()``: a ``Failure`` derived from
   it was never taken by a stream).
 * A flusher task, owned by the run (started by :meth:`start`, ended by :meth:`finish`, so no
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from ._lineage import NACK, PAYLOAD, Holder, Ticket, new_ticket
+from ._lineage import NACK, PAYLOAD, Holder, Ticket
 
 _token = itemgetter(PAYLOAD)  # of a ticket, at C speed
 
@@ -75,10 +75,6 @@ class Ledger:
         }
 
     # -- tickets ---------------------------------------------------------------------------
-
-    def ticket(self, token: Hashable) -> Ticket:
-        self.fetched += 1
-        return new_ticket(self, token)
 
     def freeze(self) -> None:
         """The run fails or is cancelled: what is done from now on (buffers discarded by
