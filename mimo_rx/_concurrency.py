@@ -249,6 +249,8 @@ class _MapStream(Stream):
             await y.push(value)
 
     async def _call_with_retries(self, item: Any) -> Any:
+        """One call of an ``async def fn`` with its timeout and retries (inline, or inside
+        a job's task)."""
         fn, timeout = self.func, self.timeout
 
         async def attempt() -> Any:
@@ -371,14 +373,11 @@ class _Jobs:
     async def _attempts(self, item: Any) -> Any:
         """One job with retries and/or a timeout: every attempt runs inside this task."""
         stream = self.stream
+        if stream.fn_is_async:
+            return await stream._call_with_retries(item)
         fn, timeout = stream.func, stream.timeout
         attempt: Callable[[], Awaitable[Any]]
-        if stream.fn_is_async:
-
-            async def attempt() -> Any:
-                return await await_with_timeout(fn(item), timeout)
-
-        elif stream.executor is not None:
+        if stream.executor is not None:
             executor = stream.executor
 
             def attempt() -> Awaitable[Any]:
