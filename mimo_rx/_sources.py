@@ -262,7 +262,9 @@ class ObservableSource(Stream):
         if fast is not None and handoff is not None and handoff.waiter is not None:
             items = fast._items
             if len(items) < fast._mark and not handoff.entries and not handoff.stopped:
-                # Output.push's fast path: below the input's peak so far no policy applies
+                # Output.push's fast path, inlined as InletStream.send does (a call here
+                # measured ~400 instructions more per item): keep the three in step. Below
+                # the input's peak so far no policy applies.
                 items.append(value)
                 out.pushed += 1
                 if fast._getter is not None:
