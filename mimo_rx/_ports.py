@@ -614,9 +614,10 @@ class Output(Subject[T]):
         exactly one connected input, whose stream has not finished, no lossy pipe, no Rx
         subscriber, and the output still open. Connecting and a consumer finishing recompute
         it; closing and subscribing clear ``_fast_target`` themselves (an unsubscribe does not
-        re-enable it). Code that inlines the fast path (``InletStream.send``) relies on
-        ``_fast_target`` being ``None`` whenever ``push`` has more to do, also when ``push``
-        is swapped for a variant (``_use_lossy_push``)."""
+        re-enable it). Code that inlines the fast path (``InletStream.send``, the hot
+        source's ``_SourceObserver.on_next``) relies on ``_fast_target`` being ``None``
+        whenever ``push`` has more to do, also when ``push`` is swapped for a variant
+        (``_use_lossy_push``)."""
         fast = len(self.targets) == 1 and not self._lossy and not self.closed and not self.observers
         target = self.targets[0] if fast else None
         self._fast_target = None if target is None or target._finished else target

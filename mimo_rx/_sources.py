@@ -40,6 +40,8 @@ from ._ports import POLICIES, Output
 from ._signals import block_signals_in_this_thread
 from ._stream import Ports, Stream
 
+get_ident = threading.get_ident
+
 # How long start() may wait (blocking the loop) for an observable's subscribe() to return or
 # pause; only a cold source that is slow to produce (blocking I/O in subscribe) costs this.
 SUBSCRIBE_WAIT_S = 0.1
@@ -160,12 +162,14 @@ class AsyncIterableSource(Stream):
 
 
 class _SourceObserver(rx_abc.ObserverBase[Any]):
-    """Classifies each signal as cold (emitted on our thread during subscribe) or hot."""
+    """Classifies each signal as cold (emitted on our thread during subscribe) or hot; a hot
+    item emitted on the loop's own thread may go straight to the inputs."""
 
-    def __init__(self, handoff: Handoff, direct: Callable[[Any], bool]) -> None:
+    def __init__(self, handoff: Handoff, out: Output[Any], direct: Callable[[Any], bool]) -> None:
         self.handoff = handoff
-        self.direct = direct  # delivers a hot item emitted on the loop at once, if it may
-        self.loop_thread = threading.get_ident()  # made on the loop, as start() begins
+        self.out = out
+        self.direct = direct  # the rest of on_next's loop-thread path: see _deliver_on_loop
+        self.loop_thread = get_ident()  # made on the loop, as start() begins
         self.cold_thread: int | None = None  # the worker's ident while subscribe() runs
         # Fired (on the emitting thread) once the workflow wants no more: the subscription
         # is made through take_until(stop), so Rx completes and disposes everything it holds.
@@ -173,9 +177,26 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
         self.stop_sent = False
 
     def on_next(self, value: Any) -> None:
-        ident = threading.get_ident()
-        if ident == self.loop_thread and self.direct(value):
-            return
+        ident = get_ident()
+        if ident == self.loop_thread:
+            # A hot item emitted on the loop's own thread (a ``Subject`` fed by application
+            # code on the loop) goes straight to the inputs when that keeps every promise
+            # (see _deliver_on_loop). The common case first: Output.push's fast path,
+            # inlined as InletStream.send does (each call here measured ~400-800
+            # instructions more per item): keep the three in step. Below the input's peak
+            # so far no policy applies, and an idle source task has nothing earlier on its way.
+            out, handoff = self.out, self.handoff
+            fast = out._fast_target  # one blocking input, nothing else to serve
+            if fast is not None and handoff.waiter is not None:
+                items = fast._items
+                if len(items) < fast._mark and not handoff.entries and not handoff.stopped:
+                    items.append(value)
+                    out.pushed += 1
+                    if fast._getter is not None:
+                        fast._wake_getter()
+                    return
+            if self.direct(value):
+                return
         cold = ident == self.cold_thread
         if self.handoff.put("cold" if cold else "hot", value, block=cold) or not cold:
             return
@@ -190,6 +211,25 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
 
     def on_completed(self) -> None:
         self.handoff.put("completed", None, block=False)
+
+
+def _subscribe(observable: rx_abc.ObservableBase[Any], observer: _SourceObserver) -> Any:
+    """Subscribe ``observer`` to ``observable``, through ``take_until(observer.stop)``.
+
+    Any ObservableBase works (take_until only calls its ``subscribe()``). A plain ``Subject``
+    (the hot source of an event-driven service) is the exception, for speed: it emits nothing
+    while it is subscribed, so it needs no ``take_until``, and it is subscribed through its
+    own ``_subscribe_core``, which is where ``subscribe()`` ends, without the
+    ``AutoDetachObserver`` that ``subscribe()`` wraps around ``observer``: each item then
+    costs two fewer calls on the application's side. ``_subscribe_core`` is reactivex's
+    internal method: ``tests/test_reactivex_internals.py`` fails if a release changes what
+    this relies on. (A ``ReplaySubject`` replays inside ``subscribe()``, which take_until
+    must be able to break off: it takes the general path.)
+    """
+    if type(observable) is Subject:
+        return observable._subscribe_core(observer, None)
+    source = ops.take_until(observer.stop)(cast(Observable[Any], observable))
+    return source.subscribe(observer)
 
 
 class ObservableSource(Stream):
@@ -215,21 +255,14 @@ class ObservableSource(Stream):
     def _on_start(self) -> None:
         """Subscribe (on a worker thread) as ``start()`` begins, before any task runs."""
         handoff = Handoff(asyncio.get_running_loop())
-        observer = _SourceObserver(handoff, self._deliver_on_loop)
+        observer = _SourceObserver(handoff, self._outputs["out"], self._deliver_on_loop)
         self._handoff = handoff
 
         def subscribe() -> None:
             block_signals_in_this_thread()  # Ctrl-C belongs to the loop's thread
-            observer.cold_thread = threading.get_ident()
+            observer.cold_thread = get_ident()
             try:
-                # Any ObservableBase works here (take_until only calls its subscribe()). A
-                # plain Subject emits nothing while it is subscribed, so it needs no
-                # take_until, whose two observers every item would pass through (a
-                # ReplaySubject replays inside subscribe(): that must be broken off by it).
-                source = cast(Observable[Any], self.observable)
-                if type(source) is not Subject:
-                    source = ops.take_until(observer.stop)(source)
-                subscription = source.subscribe(observer)
+                subscription = _subscribe(self.observable, observer)
                 self._subscription = subscription
                 if handoff.stopped:  # stopped while subscribe() ran: release what it holds
                     subscription.dispose()
@@ -251,25 +284,13 @@ class ObservableSource(Stream):
         handoff.settled.wait(SUBSCRIBE_WAIT_S)
 
     def _deliver_on_loop(self, value: Any) -> bool:
-        """A hot item emitted on the loop's own thread (a ``Subject`` fed by application code
-        on the loop) goes straight to the inputs, without the hand-off's lock and a hop
-        through the source's task, when that keeps every promise: the task is idle (nothing
-        emitted earlier is still on its way), no policy can raise into the emitter (``"error"``)
-        and no Rx subscriber of the output can either. Returns whether it was delivered."""
+        """A hot item emitted on the loop's own thread, which the observer's fast path did
+        not take, goes straight to the inputs, without the hand-off's lock and a hop through
+        the source's task, when that keeps every promise: the task is idle (nothing emitted
+        earlier is still on its way), no policy can raise into the emitter (``"error"``) and
+        no Rx subscriber of the output can either. Returns whether it was delivered."""
         handoff = self._handoff
         out = self._outputs["out"]
-        fast = out._fast_target  # one blocking input, nothing else to serve (see Output.push)
-        if fast is not None and handoff is not None and handoff.waiter is not None:
-            items = fast._items
-            if len(items) < fast._mark and not handoff.entries and not handoff.stopped:
-                # Output.push's fast path, inlined as InletStream.send does (a call here
-                # measured ~400 instructions more per item): keep the three in step. Below
-                # the input's peak so far no policy applies.
-                items.append(value)
-                out.pushed += 1
-                if fast._getter is not None:
-                    fast._wake_getter()
-                return True
         if (
             handoff is None
             or handoff.waiter is None  # the task is busy with earlier items (or not waiting)

@@ -1136,6 +1136,75 @@ def test_a_subject_source_is_unsubscribed_when_the_run_ends_and_later_items_are_
     assert subject.observers == []
 
 
+class _Recorder(rx_abc.ObserverBase[int]):
+    def __init__(self) -> None:
+        self.signals: list[Any] = []
+
+    def on_next(self, value: int) -> None:
+        self.signals.append(value)
+
+    def on_error(self, error: Exception) -> None:
+        self.signals.append(error)
+
+    def on_completed(self) -> None:
+        self.signals.append("completed")
+
+
+def test_the_reactivex_subject_internals_a_subject_source_relies_on_are_unchanged():
+    # mimo_rx/_sources._subscribe subscribes a plain Subject through Subject._subscribe_core,
+    # without the AutoDetachObserver of subscribe(). If this fails, a reactivex release changed
+    # that method: make _subscribe take the general path (take_until + subscribe) again.
+    def subscribed(subject: Subject[int]) -> tuple[_Recorder, rx_abc.DisposableBase]:
+        recorder = _Recorder()
+        return recorder, subject._subscribe_core(recorder, None)
+
+    subject: Subject[int] = Subject()
+    recorder, subscription = subscribed(subject)
+    assert subject.observers == [recorder] and subject.observers[0] is recorder, (
+        "Subject._subscribe_core no longer adds the observer itself to Subject.observers"
+    )
+    subject.on_next(1)
+    subscription.dispose()
+    subject.on_next(2)
+    assert recorder.signals == [1] and subject.observers == []
+
+    done: Subject[int] = Subject()  # completed, or failed, before it is subscribed
+    done.on_completed()
+    assert subscribed(done)[0].signals == ["completed"]
+    boom = ValueError("sensor unplugged")
+    failed: Subject[int] = Subject()
+    failed.on_error(boom)
+    assert subscribed(failed)[0].signals == [boom]
+
+
+def test_a_subject_source_subscribes_the_workflows_own_observer_and_it_gets_every_signal():
+    subject: Subject[int] = Subject()
+    wf, sink = pipeline(subject, operator(ops.map(lambda x: x + 1)))
+    seen: list[str] = []
+
+    async def feed() -> None:
+        seen.extend(type(observer).__module__ for observer in subject.observers)
+        for i in range(5):
+            subject.on_next(i)
+        subject.on_completed()
+
+    run_checked(run_fed(wf, feed), workflows=[wf])
+    assert seen == ["mimo_rx._sources"]  # not wrapped in reactivex's AutoDetachObserver
+    assert sink.items == [1, 2, 3, 4, 5]
+    assert subject.observers == []
+
+
+def test_a_subject_that_failed_before_the_run_fails_the_workflow_with_its_error():
+    boom = OSError("sensor unplugged")
+    subject: Subject[int] = Subject()
+    subject.on_error(boom)
+    wf, sink = pipeline(subject)
+    with pytest.raises(StreamError) as info:
+        run_checked(wf)
+    assert info.value.__cause__ is boom
+    assert sink.items == []
+
+
 def test_a_naive_create_loop_that_ignores_disposal_is_still_stopped_when_no_longer_wanted():
     emitted = 0
 
