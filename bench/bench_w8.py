@@ -80,7 +80,7 @@ class Acc:
 class MemorySource:
     """An in-memory AckSource: the tokens are the line numbers; acks are counted."""
 
-    def __init__(self, items: list[str]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self.items = items
         self.next = 0
         self.acked = 0
@@ -126,6 +126,31 @@ async def memory_case(n: int) -> tuple[int, int]:
     result = await run_graph(source, max_in_flight=MAX_IN_FLIGHT, commit_interval=0.5)
     assert source.acked == n, f"{source.acked} of {n} lines acked"
     return result
+
+
+def ident(value: Any) -> Any:
+    return value
+
+
+async def hops_case(n: int, hops: int, tracked: bool) -> tuple[int, int]:
+    """Where the cost of tracking goes (``instructions.py --hops``): source -> ``hops`` map
+    stages -> sink, from the in-memory AckSource (``tracked``) or the plain iterable. With no
+    hop the difference is what a message costs at the source, the ledger and the sink; each
+    hop adds what carrying a tag through one more stream costs."""
+    from mimo_rx import Workflow
+
+    acc = Acc()
+    wf = Workflow()
+    values = list(range(n))
+    if tracked:
+        step = wf.add_source(MemorySource(values), max_in_flight=MAX_IN_FLIGHT, commit_interval=0.5)
+    else:
+        step = wf.add_source(values)
+    chain(wf, step, *[map_stream(ident) for _ in range(hops)], sink_stream(acc))
+    await wf.start()
+    if (acc.count, acc.total) != (n, sum(values)):
+        raise AssertionError(f"wrong result {(acc.count, acc.total)}")
+    return (acc.count, acc.total)
 
 
 _FILES: dict[int, Path] = {}
