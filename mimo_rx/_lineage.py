@@ -148,8 +148,9 @@ def switch_class(obj: Any, cls: type) -> None:
     obj.__class__ = cls
     if hasattr(obj, "__dict__"):
         # An object whose class was switched keeps its attribute values laid out for the
-        # old class, which defeats CPython's attribute caches (each access 2-3x slower, and
-        # an output is read on every push): a fresh dict of the same attributes restores them.
+        # old class, which defeats CPython's attribute caches (each access 2-3x slower): a
+        # fresh dict of the same attributes restores them. (What push reads are slots of
+        # Output's and Input's, which a switch leaves as fast; the rest is in the dict.)
         obj.__dict__ = dict(obj.__dict__)
 
 
@@ -514,7 +515,7 @@ class TrackedOutput(Output[Any]):
     :meth:`Holder.tag`; nothing for a stream that is not tracked itself). Every blocking,
     lossy and switched input it feeds is tracked."""
 
-    _holder: Holder = _UNTRACKED
+    _holder: Holder  # a slot of Output's: set by track_output
     # Called with (failure tag) when a Failure is pushed on an ``errors`` output (see
     # _supervision.report_failure); set by track() on such outputs.
     _is_errors = False
@@ -525,7 +526,7 @@ class TrackedOutput(Output[Any]):
     def _use_plain_push(self) -> None:
         pass
 
-    _tfast: TrackedInput | None = None  # push's fast path: see _refresh_fast_path
+    _tfast: TrackedInput | None  # push's fast path (a slot of Output's): see _refresh_fast_path
 
     def _refresh_fast_path(self) -> None:
         # Output.push's fast path (and an inlet's send) carries no tag: never used here.
@@ -740,7 +741,7 @@ def track_output(port: Output[Any], holder: Holder | None) -> None:
     for name in ("push", "push_many", "_push_unpaused"):  # the lossy variants, if any
         port.__dict__.pop(name, None)
     switch_class(port, _tracked_class(type(port), TrackedOutput))
-    port._holder = _UNTRACKED if holder is None else holder  # type: ignore[attr-defined]
+    port._holder = _UNTRACKED if holder is None else holder
     port._refresh_fast_path()
 
 

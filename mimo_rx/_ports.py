@@ -550,10 +550,30 @@ class Output(Subject[T]):
     Streams make their ports; reach one from outside a run with ``stream.output('y')``.
     """
 
+    # Slots for what push reads (Subject's own attributes stay in the instance dict): a slot
+    # is read as fast after the lineage module switches the class (see _lineage.switch_class).
+    __slots__ = (
+        "_fast_target",
+        "_holder",
+        "_live_targets",
+        "_lossy",
+        "_rt",
+        "_since_yield",
+        "_switched",
+        "_tfast",
+        "closed",
+        "name",
+        "pushed",
+        "stream_name",
+        "targets",
+    )
+
     def __init__(self, name: str, stream_name: str) -> None:
         super().__init__()
         self.name = name
         self.stream_name = stream_name
+        self._holder: Any = None  # the lineage module's (tracked outputs only)
+        self._tfast: Any = None
         self.targets: list[Input[T]] = []  # the inputs pushes wait for (policy "block")
         # Inputs piped with another policy, which a push never waits for; while there is
         # any, the instance's push methods are the _lossy variants (see _use_lossy_push).
