@@ -213,7 +213,9 @@ class _SourceObserver(rx_abc.ObserverBase[Any]):
         self.handoff.put("completed", None, block=False)
 
 
-def _subscribe(observable: rx_abc.ObservableBase[Any], observer: _SourceObserver) -> Any:
+def _subscribe(
+    observable: rx_abc.ObservableBase[Any], observer: _SourceObserver
+) -> rx_abc.DisposableBase:
     """Subscribe ``observer`` to ``observable``, through ``take_until(observer.stop)``.
 
     Any ObservableBase works (take_until only calls its ``subscribe()``). A plain ``Subject``
@@ -222,8 +224,8 @@ def _subscribe(observable: rx_abc.ObservableBase[Any], observer: _SourceObserver
     own ``_subscribe_core``, which is where ``subscribe()`` ends, without the
     ``AutoDetachObserver`` that ``subscribe()`` wraps around ``observer``: each item then
     costs two fewer calls on the application's side. ``_subscribe_core`` is reactivex's
-    internal method: ``tests/test_reactivex_internals.py`` fails if a release changes what
-    this relies on. (A ``ReplaySubject`` replays inside ``subscribe()``, which take_until
+    internal method: a test in ``tests/test_rx.py`` fails if a release changes what this
+    relies on. (A ``ReplaySubject`` replays inside ``subscribe()``, which take_until
     must be able to break off: it takes the general path.)
     """
     if type(observable) is Subject:
