@@ -1136,27 +1136,13 @@ def test_a_subject_source_is_unsubscribed_when_the_run_ends_and_later_items_are_
     assert subject.observers == []
 
 
-class _Recorder(rx_abc.ObserverBase[int]):
-    def __init__(self) -> None:
-        self.signals: list[Any] = []
-
-    def on_next(self, value: int) -> None:
-        self.signals.append(value)
-
-    def on_error(self, error: Exception) -> None:
-        self.signals.append(error)
-
-    def on_completed(self) -> None:
-        self.signals.append("completed")
-
-
 def test_the_reactivex_subject_internals_a_subject_source_relies_on_are_unchanged():
     # mimo_rx/_sources._subscribe subscribes a plain Subject through Subject._subscribe_core,
     # without the AutoDetachObserver of subscribe(). If this fails, a reactivex release changed
     # that method: make _subscribe take the general path (take_until + subscribe) again.
-    def subscribed(subject: Subject[int]) -> tuple[_Recorder, rx_abc.DisposableBase]:
-        recorder = _Recorder()
-        return recorder, subject._subscribe_core(recorder, None)
+    def subscribed(subject: Subject[int]) -> tuple[RecordingObserver, rx_abc.DisposableBase]:
+        recorder = RecordingObserver()
+        return recorder, subject._subscribe_core(recorder, None)  # type: ignore[arg-type]
 
     subject: Subject[int] = Subject()
     recorder, subscription = subscribed(subject)
@@ -1166,15 +1152,15 @@ def test_the_reactivex_subject_internals_a_subject_source_relies_on_are_unchange
     subject.on_next(1)
     subscription.dispose()
     subject.on_next(2)
-    assert recorder.signals == [1] and subject.observers == []
+    assert recorder.items == [1] and subject.observers == []
 
     done: Subject[int] = Subject()  # completed, or failed, before it is subscribed
     done.on_completed()
-    assert subscribed(done)[0].signals == ["completed"]
+    assert subscribed(done)[0].completed == 1
     boom = ValueError("sensor unplugged")
     failed: Subject[int] = Subject()
     failed.on_error(boom)
-    assert subscribed(failed)[0].signals == [boom]
+    assert subscribed(failed)[0].errors == [boom]
 
 
 def test_a_subject_source_subscribes_the_workflows_own_observer_and_it_gets_every_signal():
