@@ -382,6 +382,44 @@ async def w6_stream_operators(n: int) -> Measured:
     return acc.result
 
 
+def ev_inc_int(x: int) -> int:
+    return x + 1
+
+
+async def hot_source_bursts(n: int, burst: int = 20) -> tuple[int, int]:
+    """W6's hot source without the pacing, for instruction counts
+    (``python bench/instructions.py --function hot_source_bursts``): a Subject fed on the loop
+    in bursts of ``burst`` items -> operator(map) -> sink stream."""
+    from reactivex import operators as ops
+    from reactivex.subject import Subject
+
+    from mimo_rx import Workflow, operator
+
+    acc = Acc()
+    subject: Subject[int] = Subject()
+
+    async def feed() -> None:
+        while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
+            await asyncio.sleep(0)
+        on_next = subject.on_next
+        for i in range(n):
+            on_next(i)
+            if i % burst == burst - 1:
+                await asyncio.sleep(0)
+        subject.on_completed()
+
+    wf = Workflow()
+    chain(wf, wf.add_source(subject), operator(ops.map(ev_inc_int)), sink_stream(acc))
+    feeder = asyncio.ensure_future(feed())
+    try:
+        await wf.start()
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+    await feeder
+    return (acc.count, acc.total)
+
+
 async def w6_operators(n: int) -> Measured:
     """A hot source (a Subject fed by a paced task on the loop) -> operator(map) ->
     operator(filter) -> operator(map) -> sink stream."""
