@@ -212,8 +212,9 @@ class _MapStream(Stream):
                         await report_failure(self, failure)
                         continue
                     await y.push(value)
-                # Fill the free slots from what is buffered (these pops do not suspend).
-                while jobs.in_flight < limit and len(x):
+                # Fill the free slots from what is buffered (these pops do not suspend), while
+                # untracked: a push above may have waited while an inlet began tracking.
+                while jobs.in_flight < limit and len(x) and self._holder is None:
                     jobs.submit(await x.pop())
                 if not jobs.in_flight:
                     # Nothing runs on our behalf: a plain wait on the input, which the
@@ -265,7 +266,7 @@ class _MapStream(Stream):
         holder = self._holder
         limit = self.concurrency
         resume = self._on_error == "resume"
-        orphan = x._adopt_orphan()  # the item an untracked pop took as tracking began
+        orphan = x._adopt_orphan()  # the item the untracked loop took as tracking began
         if orphan is not None and jobs.jobs:
             jobs.jobs[-1].tag = orphan
         elif orphan is not None:

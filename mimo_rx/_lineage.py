@@ -396,8 +396,12 @@ class TrackedInput(Input[Any]):
         return Held(self._holder, self._took)
 
     def _adopt_orphan(self) -> Tag:
-        """The tag of an item untracked code took (see ``_release_held``), if any."""
-        return self._tags.popleft() if len(self._tags) > len(self._items) else None
+        """The tag of the item a stream's untracked loop took as tracking began (its waiting
+        ``pop()`` woke into the tracked class, which holds it), if any: the caller now owns
+        the reference."""
+        held: Tag = self._held
+        self._held = None
+        return held
 
     def _deliver_tagged(self, item: Any, tag: Tag) -> None:
         """Buffer ``item`` with ``tag`` (TrackedOutput's push inlines this: keep in step)."""
@@ -447,10 +451,6 @@ class TrackedInput(Input[Any]):
     def _release_buffered(self) -> None:
         """Let go of every buffered item (they stay buffered, untracked: an outlet's)."""
         tags = self._tags
-        if len(tags) > len(self._items):  # taken by untracked code: held, not buffered
-            orphan = tags.popleft()
-            if orphan is not None:
-                self._held = _moved([node for node in (self._held, orphan) if node is not None])
         if any(tag is not None for tag in tags):
             self._tags = deque([None] * len(tags))
             for tag in tags:
@@ -465,35 +465,51 @@ class TrackedInput(Input[Any]):
 
 class LateTrackedInput(TrackedInput):
     """An input switched to tracking while its run was going (an inlet's first
-    ``send_and_wait``): code that was already waiting in the untracked ``pop`` (or push) may
-    still take (or deliver) one item without its tag. Every take and delivery here puts the
-    tags back in line first: an extra oldest tag is the item such code took (held until the
-    stream asks again); a missing one is an untracked item such code delivered."""
+    ``send_and_wait``). A ``pop()`` or ``async for`` that was waiting takes through this class
+    once woken (``Input.pop``), but a push that was already parked still delivers its item
+    without a tag: it derives from nothing tracked (its stream took what it pushes before
+    tracking began). Every take and delivery here first gives such items their ``None``
+    tags: they are the newest, at the back."""
 
     __slots__ = ()
     _late = True
 
     def _realign(self) -> None:
-        tags, items = self._tags, self._items
-        if len(tags) > len(items):
-            self._take_tag(tags.popleft())
-
-    async def pop(self) -> Any:
-        self._realign()
-        return await TrackedInput.pop(self)
-
-    async def __anext__(self) -> Any:
-        self._realign()
-        return await TrackedInput.__anext__(self)
-
-    def _release_held(self) -> None:
-        self._realign()
-        TrackedInput._release_held(self)
-
-    def _deliver_tagged(self, item: Any, tag: Tag) -> None:
         missing = len(self._items) - len(self._tags)
         if missing > 0 and not self._finished:
             self._tags.extend([None] * missing)
+
+    async def pop(self) -> Any:
+        if not self._items:
+            self._release_held()
+            await self._wait_for_item("pop()")
+        self._realign()
+        return await TrackedInput.pop(self)  # an item is buffered: it takes at once
+
+    async def __anext__(self) -> Any:
+        if not self._items:
+            self._release_held()
+            try:
+                await self._wait_for_item("async for")
+            except EndOfStream:
+                raise StopAsyncIteration from None
+        self._realign()
+        return await TrackedInput.__anext__(self)
+
+    def _take_batch(self, max_items: int | None) -> list[Any]:
+        self._realign()
+        return TrackedInput._take_batch(self, max_items)
+
+    def _take_all(self) -> list[Any]:
+        self._realign()
+        return TrackedInput._take_all(self)
+
+    def _take_now(self) -> Any:
+        self._realign()
+        return TrackedInput._take_now(self)
+
+    def _deliver_tagged(self, item: Any, tag: Tag) -> None:
+        self._realign()
         TrackedInput._deliver_tagged(self, item, tag)
 
 

@@ -125,7 +125,10 @@ class Input(Generic[T]):
         self._mark = 0  # min(peak, threshold): below it, Output.push needs no other check
         self._paused_done = 0.0  # seconds of the pauses that have ended
         self._pausing: list[float] = []  # perf_counter() at the start of each pause going on
-        # Lineage (contract section 12, see _lineage.py): set only on tracked inputs.
+        # Lineage (contract section 12, see _lineage.py): set only on tracked inputs. _tags
+        # (the tags of the buffered items) is None while untracked. An input tracked mid-run
+        # (an inlet's first send_and_wait) may have a pop() or async for waiting: once woken
+        # it takes through the tracked class, so the item's tag is held while it is handled.
         self._tags: Any = None
         self._held: Any = None
         self._holder: Any = None
@@ -142,6 +145,8 @@ class Input(Generic[T]):
         items = self._items
         if not items:
             await self._wait_for_item("pop()")
+            if self._tags is not None:  # tracked since (see ``_tags``): the tracked take
+                return await self.pop()
         item = items.popleft()
         if self._producers and len(items) <= self._low:
             self._release_producers()
@@ -237,6 +242,8 @@ class Input(Generic[T]):
                 await self._wait_for_item("async for")
             except EndOfStream:
                 raise StopAsyncIteration from None
+            if self._tags is not None:  # tracked since (see ``_tags``): the tracked take
+                return await self.__anext__()
         item = items.popleft()
         if self._producers and len(items) <= self._low:
             self._release_producers()

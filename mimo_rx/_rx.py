@@ -28,7 +28,7 @@ from reactivex.disposable import Disposable
 
 from ._errors import ConfigError, safe_repr
 from ._fastops import FastChain, Process, compile_chain
-from ._lineage import Tag, decref, group, switch_class
+from ._lineage import Tag, decref, group
 from ._monitor import StepRuntime
 from ._ports import AnyInput, Input, Output
 from ._scheduler import LoopScheduler
@@ -291,6 +291,41 @@ class _TrackedResumingCollector(_TrackedCollector, _ResumingCollector):
     """A resuming chain's collector downstream of an acknowledged source."""
 
 
+class _TaggingOwner:
+    """The owner a collector reports to once its stream is tracked mid-run (an inlet's first
+    ``send_and_wait``). Rx holds the bound ``on_next`` of every collector it subscribed, so
+    switching their class would not reach it: they keep their code and report here instead,
+    which records each emission with its tag, as a ``_TrackedCollector`` does. Everything
+    else is the stream's own."""
+
+    _tail_index = -2  # never an output's: every emission comes through _record
+
+    def __init__(self, owner: RxStream) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner, name)
+
+    def _record(self, event: tuple[str, int, Any]) -> None:
+        kind, index, value = event
+        owner = self._owner
+        if kind == "next":
+            value = [(item, owner._emission_tag()) for item in value]
+        owner._record((kind, index, value))
+
+    def _emit(self, event: tuple[str, int, Any]) -> None:
+        kind, index, value = event
+        owner = self._owner
+        if kind != "next" or owner._loop_thread is None:
+            owner._emit(event)
+        elif threading.get_ident() == owner._loop_thread:
+            self._record(event)
+        else:  # tagged on the loop, as _TrackedCollector's are
+            assert owner._loop is not None
+            for item in value:
+                owner._loop.call_soon_threadsafe(owner._record_foreign_tagged, index, item)
+
+
 class RxStream(Stream):
     """A stream whose inputs are Rx observables and whose outputs follow Rx observables.
 
@@ -477,6 +512,7 @@ class RxStream(Stream):
                 if not tracking and self._holder is not None:  # an inlet's send_and_wait
                     tracking = True
                     self._start_tracking()
+                    feed = cast(_FeedFn, self._feed)  # the chain is the Rx one: _may_be_tracked
                 # Feed and push in turns, one run of results at a time, so that a timer
                 # emitting faster than downstream takes cannot keep the inputs unread.
                 fed = feed(inputs, feeds)
@@ -688,9 +724,9 @@ class RxStream(Stream):
         for kind, _, value in self._events:
             if kind == "next":
                 value[:] = [(item, None) for item in value]  # in place: _tail is one of them
+        tagging = _TaggingOwner(self)
         for collector in self._collectors:
-            resuming = isinstance(collector, _ResumingCollector)
-            switch_class(collector, _TrackedResumingCollector if resuming else _TrackedCollector)
+            collector.owner = tagging  # type: ignore[assignment]
         self._feed = self._feed_tracked  # type: ignore[method-assign]
         self._push_run = self._push_run_tracked  # type: ignore[method-assign]
 

@@ -920,6 +920,146 @@ def test_send_and_wait_raises_what_receive_would_when_the_run_fails() -> None:
     run_checked(main())
 
 
+def test_an_operator_stage_that_was_waiting_is_tracked_by_the_first_send_and_wait() -> None:
+    # It used to fail with TypeError: Rx holds the bound on_next of the collectors it
+    # subscribed, so their class switch did not reach it and untagged items were pushed.
+    finished: list[int] = []
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.01)
+            finished.append(item)
+
+    stage = wf.add_stream(operator(ops.map(lambda x: x * 10), name="times10"))
+    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+
+    async def main() -> None:
+        async with wf.running():
+            await inlet.send(1)  # untracked, through the chain before tracking began
+            await inlet.send_and_wait(2)
+            assert 20 in finished
+            await inlet.send_and_wait(3)
+            assert finished[-1] == 30
+
+    run_checked(main())
+    assert finished == [10, 20, 30]
+
+
+def test_send_and_wait_waits_for_a_stream_that_was_already_waiting_for_the_item() -> None:
+    # The relay's async for was waiting, untracked, when send_and_wait began tracking: it
+    # used to take the item without its tag, so what it pushed derived from nothing and the
+    # call returned while the sink still handled it.
+    finished: list[int] = []
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+
+    async def relay(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await outs.y.push(item)
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.01)
+            finished.append(item)
+
+    relayed = inlet.pipe(wf.add_stream(Stream(["x"], ["y"], fn=relay, name="relay")))
+    relayed.pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+
+    async def main() -> None:
+        async with wf.running():
+            await inlet.send_and_wait(1)
+            assert finished == [1]
+
+    run_checked(main())
+
+
+@st.composite
+def mid_run_switches(draw: Any) -> dict[str, Any]:
+    return {
+        "first": draw(st.sampled_from(["relay", "operator", "def", "async_map", "jobs"])),
+        "second": draw(st.sampled_from(["none", "relay", "operator"])),
+        "sizes": draw(st.lists(st.integers(1, 3), min_size=2, max_size=2)),
+        "producers": draw(st.integers(1, 3)),
+        "sends": draw(st.integers(0, 6)),
+        "waits": draw(st.integers(1, 4)),
+        "switch_after": draw(st.integers(0, 6)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@pytest.mark.timeout(max(60, examples(1) * 0.1))
+@settings(max_examples=examples(1))  # 200 for "ci", 2000 for "deep"
+@given(mid_run_switches())
+def test_send_and_wait_begun_mid_run_returns_only_once_its_item_is_done(s: dict[str, Any]) -> None:
+    """Untracked sends from several tasks fill small buffers (producers parked, streams
+    waiting) when the first send_and_wait begins tracking: each call returns only once the
+    sink has finished with its item, and every item arrives once."""
+    rng = random.Random(s["seed"])
+    finished: list[int] = []  # appended by the sink before it asks for more
+    early: list[int] = []
+
+    async def relay(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
+            await outs.y.push(item)
+
+    async def relay_async(item: int) -> int:
+        for _ in range(rng.randrange(3)):
+            await asyncio.sleep(0)
+        return item
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
+            finished.append(item)
+
+    first = {
+        "relay": lambda: Stream(["x"], ["y"], fn=relay, name="first"),
+        "operator": lambda: operator(ops.map(lambda x: x), name="first"),
+        "def": lambda: map_stream(lambda x: x, name="first"),
+        "async_map": lambda: map_stream(relay_async, name="first"),
+        "jobs": lambda: map_stream(relay_async, concurrency=2, name="first"),
+    }[s["first"]]()
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+    step = inlet.pipe(wf.add_stream(first), buffer_size=s["sizes"][0])
+    if s["second"] == "relay":
+        step = step.pipe(wf.add_stream(Stream(["x"], ["y"], fn=relay, name="second")))
+    elif s["second"] == "operator":
+        step = step.pipe(wf.add_stream(operator(ops.filter(lambda x: True), name="second")))
+    step.pipe(wf.add_stream(Stream(["x"], [], fn=sink, name="sink")), buffer_size=s["sizes"][1])
+
+    async def produce(base: int) -> None:
+        for i in range(s["sends"]):
+            await inlet.send(base + i)
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+
+    async def wait_for(value: int) -> None:
+        await inlet.send_and_wait(value)
+        if value not in finished:
+            early.append(value)
+
+    async def main() -> None:
+        async with wf.running():
+            producers = [
+                asyncio.ensure_future(produce(1000 * (p + 1))) for p in range(s["producers"])
+            ]
+            for _ in range(s["switch_after"]):
+                await asyncio.sleep(0)
+            waits = [asyncio.ensure_future(wait_for(-1 - w)) for w in range(s["waits"])]
+            await asyncio.gather(*producers, *waits)
+
+    run_checked(main(), timeout=20)
+    assert early == []
+    sent = [1000 * (p + 1) + i for p in range(s["producers"]) for i in range(s["sends"])]
+    assert sorted(finished) == sorted(sent + [-1 - w for w in range(s["waits"])])
+
+
 # -- the property ----------------------------------------------------------------------------
 
 KINDS = ("relay", "filter", "batch", "window", "resume", "operator")
