@@ -301,10 +301,13 @@ class _TaggingOwner:
     _tail_index = -2  # never an output's: every emission comes through _record
 
     def __init__(self, owner: RxStream) -> None:
-        self._owner = owner
+        object.__setattr__(self, "_owner", owner)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._owner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._owner, name, value)  # _stage_failed sets the stream's _caught
 
     def _record(self, event: tuple[str, int, Any]) -> None:
         kind, index, value = event
@@ -316,9 +319,9 @@ class _TaggingOwner:
     def _emit(self, event: tuple[str, int, Any]) -> None:
         kind, index, value = event
         owner = self._owner
-        if kind != "next" or owner._loop_thread is None:
+        if kind != "next":
             owner._emit(event)
-        elif threading.get_ident() == owner._loop_thread:
+        elif owner._loop_thread is None or threading.get_ident() == owner._loop_thread:
             self._record(event)
         else:  # tagged on the loop, as _TrackedCollector's are
             assert owner._loop is not None

@@ -947,6 +947,38 @@ def test_an_operator_stage_that_was_waiting_is_tracked_by_the_first_send_and_wai
     assert finished == [10, 20, 30]
 
 
+def test_a_resuming_operator_stage_tracked_mid_run_reports_its_failure_to_send_and_wait() -> None:
+    def check(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    finished: list[int] = []
+    wf = Workflow()
+    inlet = wf.add_inlet("orders")
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.01)
+            finished.append(item)
+
+    stage = wf.add_stream(operator(ops.map(check), on_error="resume", name="check"))
+    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+
+    async def main() -> None:
+        async with wf.running():
+            await inlet.send(1)
+            with pytest.raises(ItemFailed) as info:
+                await inlet.send_and_wait(-1)
+            (failure,) = info.value.failures
+            assert failure.item == -1 and isinstance(failure.error, ValueError)
+            await inlet.send_and_wait(2)  # the chain was built anew: tracked from the start
+            assert finished[-1] == 2
+
+    run_checked(main())
+    assert finished == [1, 2]
+
+
 def test_send_and_wait_waits_for_a_stream_that_was_already_waiting_for_the_item() -> None:
     # The relay's async for was waiting, untracked, when send_and_wait began tracking: it
     # used to take the item without its tag, so what it pushed derived from nothing and the
