@@ -410,14 +410,20 @@ async def hot_source_bursts(n: int, burst: int = 20) -> tuple[int, int]:
 
     wf = Workflow()
     chain(wf, wf.add_source(subject), operator(ops.map(ev_inc_int)), sink_stream(acc))
-    feeder = asyncio.ensure_future(feed())
+    await start_fed(wf, feed())
+    return (acc.count, acc.total)
+
+
+async def start_fed(wf: Any, feed: Any) -> None:
+    """Run ``wf`` while the coroutine ``feed`` feeds its hot source (cancelled if the run
+    ends first)."""
+    feeder = asyncio.ensure_future(feed)
     try:
         await wf.start()
     finally:
         if not feeder.done():
             feeder.cancel()
     await feeder
-    return (acc.count, acc.total)
 
 
 async def w6_operators(n: int) -> Measured:
@@ -452,13 +458,7 @@ async def w6_operators(n: int) -> Measured:
         operator(ops.map(ev_dbl)),
         sink_stream(acc),
     )
-    feeder = asyncio.ensure_future(feed())
-    try:
-        await wf.start()
-    finally:
-        if not feeder.done():
-            feeder.cancel()
-    await feeder
+    await start_fed(wf, feed())
     return acc.result
 
 

@@ -867,6 +867,18 @@ def test_prometheus_families_follow_delivery_stats() -> None:
 # -- send_and_wait ---------------------------------------------------------------------------
 
 
+def finishing_sink(finished: list[int]) -> Stream:
+    """A sink that handles each item for 10 ms and records it as finished before it asks for
+    the next one (which releases it): an item in ``finished`` is done."""
+
+    async def sink(ins: Any, outs: Any, state: Any) -> None:
+        async for item in ins.x:
+            await asyncio.sleep(0.01)
+            finished.append(item)
+
+    return Stream(["x"], [], fn=sink, name="sink")
+
+
 def test_send_and_wait_returns_once_done_and_raises_item_failed() -> None:
     released: list[int] = []
 
@@ -879,12 +891,7 @@ def test_send_and_wait_returns_once_done_and_raises_item_failed() -> None:
     inlet = wf.add_inlet("orders")
     stage = wf.add_stream(map_stream(check, on_error="resume", name="check"))
 
-    async def sink(ins: Any, outs: Any, state: Any) -> None:
-        async for item in ins.x:
-            await asyncio.sleep(0.01)
-            released.append(item)
-
-    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    inlet.pipe(stage).pipe(wf.add_stream(finishing_sink(released)))
 
     async def main() -> None:
         async with wf.running():
@@ -927,13 +934,8 @@ def test_an_operator_stage_that_was_waiting_is_tracked_by_the_first_send_and_wai
     wf = Workflow()
     inlet = wf.add_inlet("orders")
 
-    async def sink(ins: Any, outs: Any, state: Any) -> None:
-        async for item in ins.x:
-            await asyncio.sleep(0.01)
-            finished.append(item)
-
     stage = wf.add_stream(operator(ops.map(lambda x: x * 10), name="times10"))
-    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    inlet.pipe(stage).pipe(wf.add_stream(finishing_sink(finished)))
 
     async def main() -> None:
         async with wf.running():
@@ -957,13 +959,8 @@ def test_a_resuming_operator_stage_tracked_mid_run_reports_its_failure_to_send_a
     wf = Workflow()
     inlet = wf.add_inlet("orders")
 
-    async def sink(ins: Any, outs: Any, state: Any) -> None:
-        async for item in ins.x:
-            await asyncio.sleep(0.01)
-            finished.append(item)
-
     stage = wf.add_stream(operator(ops.map(check), on_error="resume", name="check"))
-    inlet.pipe(stage).pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    inlet.pipe(stage).pipe(wf.add_stream(finishing_sink(finished)))
 
     async def main() -> None:
         async with wf.running():
@@ -991,13 +988,8 @@ def test_send_and_wait_waits_for_a_stream_that_was_already_waiting_for_the_item(
         async for item in ins.x:
             await outs.y.push(item)
 
-    async def sink(ins: Any, outs: Any, state: Any) -> None:
-        async for item in ins.x:
-            await asyncio.sleep(0.01)
-            finished.append(item)
-
     relayed = inlet.pipe(wf.add_stream(Stream(["x"], ["y"], fn=relay, name="relay")))
-    relayed.pipe(wf.add_stream(Stream(["x"], [], fn=sink)))
+    relayed.pipe(wf.add_stream(finishing_sink(finished)))
 
     async def main() -> None:
         async with wf.running():
