@@ -479,20 +479,15 @@ class LateTrackedInput(TrackedInput):
         if missing > 0 and not self._finished:
             self._tags.extend([None] * missing)
 
+    async def _wait_for_item(self, what: str) -> None:
+        await TrackedInput._wait_for_item(self, what)
+        self._realign()  # what arrived meanwhile may include such items
+
     async def pop(self) -> Any:
-        if not self._items:
-            self._release_held()
-            await self._wait_for_item("pop()")
         self._realign()
-        return await TrackedInput.pop(self)  # an item is buffered: it takes at once
+        return await TrackedInput.pop(self)
 
     async def __anext__(self) -> Any:
-        if not self._items:
-            self._release_held()
-            try:
-                await self._wait_for_item("async for")
-            except EndOfStream:
-                raise StopAsyncIteration from None
         self._realign()
         return await TrackedInput.__anext__(self)
 
