@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import FrameType
 from typing import Any
 
@@ -85,7 +86,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def linger(seconds: float) -> None:
     """Keep the endpoint up (it serves from its own thread) for ``seconds``, or until SIGTERM
-    or Ctrl-C."""
+    (see ``sigterm_ends_linger``) or Ctrl-C."""
     if seconds <= 0:
         return
     # On stderr: the final line stays the last line of the output.
@@ -94,10 +95,18 @@ def linger(seconds: float) -> None:
         file=sys.stderr,
         flush=True,
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def sigterm_ends_linger() -> Iterator[None]:
+    """From the final line on, SIGTERM ends the process normally: installed before that line
+    is printed, since whoever reads it may answer with SIGTERM at once."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        time.sleep(seconds)
-    except (_Terminated, KeyboardInterrupt):
+        yield
+    except _Terminated:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -145,13 +154,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "paused_s": stats["enrich"]["inputs"]["x"]["paused_s"],
         }
         label = "final (interrupted)" if interrupted else "final"
-        print(
-            f"{label}: {report['orders']} orders, {report['stored']} stored, source paused "
-            f"{report['paused_s']:.2f} s by the slow enrich stage",
-            flush=True,
-        )
-        if not interrupted:
-            linger(args.linger)
+        with contextlib.nullcontext() if interrupted else sigterm_ends_linger():
+            print(
+                f"{label}: {report['orders']} orders, {report['stored']} stored, source "
+                f"paused {report['paused_s']:.2f} s by the slow enrich stage",
+                flush=True,
+            )
+            if not interrupted:
+                linger(args.linger)
     finally:
         server.shutdown()
         server.server_close()

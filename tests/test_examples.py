@@ -241,6 +241,29 @@ def test_metrics_endpoint_serves_the_final_counts_for_a_scrape_interval_after_th
     assert rest == ""
 
 
+def test_metrics_endpoint_ends_normally_on_a_sigterm_sent_as_soon_as_its_final_line_is_read() -> (
+    None
+):
+    """The linger's SIGTERM handler is in place before the final line is printed (it once was
+    installed just after, and a supervisor answering the line at once killed the process)."""
+    import signal
+
+    for _ in range(3):
+        process, _url = start_metrics_endpoint("--seconds", "0.3", "--linger", "30")
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            while line.startswith("alert: "):
+                line = process.stdout.readline()
+            assert line.startswith("final: "), line
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=20)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0
+
+
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_metrics_endpoint_prints_its_final_line_on_sigterm_and_ctrl_c(signum: str) -> None:
     """SIGTERM drains the run (stored == orders) and exits 0; Ctrl-C cancels it, says so and
