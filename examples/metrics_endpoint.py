@@ -95,8 +95,12 @@ def linger(seconds: float) -> None:
         file=sys.stderr,
         flush=True,
     )
+    deadline = time.monotonic() + seconds
     with contextlib.suppress(KeyboardInterrupt):
-        time.sleep(seconds)
+        # In slices: a SIGTERM the kernel hands to another thread (the HTTP server's) has its
+        # handler run only once this thread runs Python code again, not when a sleep ends.
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
 
 
 @contextlib.contextmanager

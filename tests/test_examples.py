@@ -260,7 +260,7 @@ def test_metrics_endpoint_ends_normally_on_a_sigterm_sent_as_soon_as_its_final_l
             process.communicate(timeout=20)
         finally:
             process.kill()
-            process.wait()
+            process.communicate()  # and closes its pipes
         assert process.returncode == 0
 
 
