@@ -414,6 +414,42 @@ async def hot_source_bursts(n: int, burst: int = 20) -> tuple[int, int]:
     return (acc.count, acc.total)
 
 
+async def hot_source_w6_bursts(n: int, burst: int = 20) -> tuple[int, int]:
+    """W6's pipeline without the pacing, for instruction counts
+    (``python bench/instructions.py --function hot_source_w6_bursts``): a Subject fed on the
+    loop in bursts of ``burst`` events -> operator(map) -> operator(filter) -> operator(map)
+    -> sink stream."""
+    from reactivex import operators as ops
+    from reactivex.subject import Subject
+
+    from mimo_rx import Workflow, operator
+
+    acc = Acc()
+    subject: Subject[Event] = Subject()
+
+    async def feed() -> None:
+        while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
+            await asyncio.sleep(0)
+        on_next = subject.on_next
+        for i in range(n):
+            on_next((0.0, i))
+            if i % burst == burst - 1:
+                await asyncio.sleep(0)
+        subject.on_completed()
+
+    wf = Workflow()
+    chain(
+        wf,
+        wf.add_source(subject),
+        operator(ops.map(ev_inc)),
+        operator(ops.filter(ev_is_even)),
+        operator(ops.map(ev_dbl)),
+        sink_stream(lambda e: acc(e[1])),
+    )
+    await start_fed(wf, feed())
+    return (acc.count, acc.total)
+
+
 async def start_fed(wf: Any, feed: Any) -> None:
     """Run ``wf`` while the coroutine ``feed`` feeds its hot source (cancelled if the run
     ends first)."""

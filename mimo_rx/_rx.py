@@ -363,6 +363,7 @@ class RxStream(Stream):
         self._tail_index = -1  # output index of the open run at the end of _events, or -1
         self._feeding = False  # the stream's task is feeding the chain right now
         self._wake: asyncio.Future[None] | None = None
+        self._waiting: tuple[list[Input[Any]], AnyInput] = ([], AnyInput([]))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._open_results = 0
@@ -492,6 +493,7 @@ class RxStream(Stream):
         ports: list[Input[Any] | Output[Any]] = [*inputs, *outs]
         runtime = ports[0]._rt if ports else None
         self._runtime = runtime
+        self._waiting = (inputs, AnyInput(inputs))  # the open inputs, for _wait
         scheduler = LoopScheduler(loop, runtime) if runtime is not None else None
         last = self._followers[-1] if self._followers else self
         outputs = [last._outputs[name] for name in last.outs]
@@ -829,6 +831,12 @@ class RxStream(Stream):
             if not events:  # the open run is ours now: later items start a new one
                 self._tail_index = -1
             out = outputs[index]
+            target = out._fast_target
+            if target is not None and len(target._items) + len(value) <= target.threshold:
+                # push_many's one-input case when the whole run fits: no waiting, no chunks
+                target._deliver_many(value)
+                out.pushed += len(value)  # once buffered: see ``Input.taken``
+                return False
             limit = out._room_limit()  # at most a buffer-full before the inputs are fed again
             if len(value) > limit:
                 events.appendleft(("next", index, value[limit:]))
@@ -854,13 +862,19 @@ class RxStream(Stream):
         """Wait for an input to receive or close, or for the Rx chain to emit."""
         wake: asyncio.Future[None] = loop.create_future()
         self._wake = wake
-        waiting = [p for p in inputs if not p._closed]
+        waiting, site = self._waiting
+        for port in waiting:
+            if port._closed:  # the open inputs changed since the last wait
+                waiting = [p for p in inputs if not p._closed]
+                site = AnyInput(waiting)
+                self._waiting = (waiting, site)
+                break
         for port in waiting:
             port._getter = wake
         # With timers pending the stream can still make progress (runtime.busy > 0): the
         # monitor checks that, so parking here is safe.
         parked = (
-            runtime.park("an Rx operator waiting for input", AnyInput(waiting), wake)
+            runtime.park("an Rx operator waiting for input", site, wake)
             if runtime is not None and waiting
             else None
         )

@@ -549,6 +549,41 @@ def test_a_deadlock_through_a_fused_operator_chain_is_reported():
     assert_names(str(info.value), "'producer'", "'first'", "'second'", "'consumer'", "full")
 
 
+async def close_a_then_fill_side(ins, outs, state):
+    await outs.a.push(0)
+    outs.a.close()
+    for i in range(100):  # the consumer reads side only after merged: stuck once side is full
+        await outs.side.push(i)
+    await outs.b.push(1)
+
+
+async def drain_merged_then_side(ins, outs, state):
+    async for _ in ins.merged:
+        pass
+    async for _ in ins.side:
+        pass
+
+
+def test_an_rx_stage_deadlocked_after_one_input_closed_names_only_the_open_one():
+    """The stage waits on its open inputs only; the closed one is no longer part of the wait
+    (the stage keeps the inputs it waits on from one wait to the next until one closes)."""
+    wf = Workflow(buffer_size=3)
+    p = wf.add_stream(Stream(outs=["a", "b", "side"], fn=close_a_then_fill_side, name="producer"))
+    merge = wf.add_stream(
+        mimo_rx.rx_stream(lambda a, b: a.pipe(ops.merge(b)), ins=["a", "b"], outs=["y"], name="m")
+    )
+    c = wf.add_stream(Stream(["merged", "side"], fn=drain_merged_then_side, name="consumer"))
+    p.pipe(merge, output="a", input="a")
+    p.pipe(merge, output="b", input="b")
+    p.pipe(c, output="side", input="side")
+    merge.pipe(c, input="merged")
+    with pytest.raises(DeadlockError) as info:
+        run_checked(bounded(wf.start()), workflows=[wf])
+    message = str(info.value)
+    waits = [line for line in message.splitlines() if "'m'" in line]
+    assert waits and all("input 'b'" in line and "input 'a'" not in line for line in waits), message
+
+
 # -- inlets and outlets: application code moves them, so they are never stuck ------------------
 
 
