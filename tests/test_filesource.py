@@ -414,6 +414,11 @@ def test_a_process_killed_while_writing_checkpoints_leaves_a_whole_one(tmp_path:
         ) as child:
             try:
                 assert child.stdout is not None and child.stdout.readline() == "ready\n"
+                # The first child's first checkpoint (two fsyncs) can take longer than the
+                # sleep on a loaded machine (it failed once so in a CI rehearsal): wait for it.
+                deadline = time.monotonic() + 20
+                while not checkpoint.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 time.sleep(rng.uniform(0.05, 0.3))
             finally:
                 child.send_signal(signal.SIGKILL)
