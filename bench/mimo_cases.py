@@ -397,21 +397,23 @@ async def hot_source_bursts(n: int, burst: int = 20) -> tuple[int, int]:
 
     acc = Acc()
     subject: Subject[int] = Subject()
-
-    async def feed() -> None:
-        while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
-            await asyncio.sleep(0)
-        on_next = subject.on_next
-        for i in range(n):
-            on_next(i)
-            if i % burst == burst - 1:
-                await asyncio.sleep(0)
-        subject.on_completed()
-
     wf = Workflow()
     chain(wf, wf.add_source(subject), operator(ops.map(ev_inc_int)), sink_stream(acc))
-    await start_fed(wf, feed())
+    await start_fed(wf, feed_in_bursts(subject, range(n), burst))
     return (acc.count, acc.total)
+
+
+async def feed_in_bursts(subject: Any, items: Iterable[Any], burst: int) -> None:
+    """Emit ``items`` on ``subject`` (once the run has subscribed), yielding to the loop
+    after every ``burst`` of them; then complete it."""
+    while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
+        await asyncio.sleep(0)
+    on_next = subject.on_next
+    for i, item in enumerate(items):
+        on_next(item)
+        if i % burst == burst - 1:
+            await asyncio.sleep(0)
+    subject.on_completed()
 
 
 async def hot_source_w6_bursts(n: int, burst: int = 20) -> tuple[int, int]:
@@ -426,17 +428,6 @@ async def hot_source_w6_bursts(n: int, burst: int = 20) -> tuple[int, int]:
 
     acc = Acc()
     subject: Subject[Event] = Subject()
-
-    async def feed() -> None:
-        while not subject.observers:  # noqa: ASYNC110 (nothing to await: Rx has no event)
-            await asyncio.sleep(0)
-        on_next = subject.on_next
-        for i in range(n):
-            on_next((0.0, i))
-            if i % burst == burst - 1:
-                await asyncio.sleep(0)
-        subject.on_completed()
-
     wf = Workflow()
     chain(
         wf,
@@ -446,7 +437,7 @@ async def hot_source_w6_bursts(n: int, burst: int = 20) -> tuple[int, int]:
         operator(ops.map(ev_dbl)),
         sink_stream(lambda e: acc(e[1])),
     )
-    await start_fed(wf, feed())
+    await start_fed(wf, feed_in_bursts(subject, ((0.0, i) for i in range(n)), burst))
     return (acc.count, acc.total)
 
 

@@ -148,8 +148,8 @@ def test_orders_from_redis_accounts_for_every_order_when_a_worker_is_killed() ->
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
     summary = re.search(
         r"(\d+) done, (\d+) failed, (\d+) missing, (\d+) still pending", result.stdout
     )
