@@ -72,6 +72,10 @@ class Run:
         if self.stopping or self.stop.done():
             return
         self.stopping = True
+        self._stop_sources()  # none yet while the run is set up: _supervise stops them
+
+    def _stop_sources(self) -> None:
+        """Stop every step without inputs whose task exists (``graceful_stop``)."""
         for step, task in self.tasks.items():
             if step.stream.ins or task.done():
                 continue
@@ -269,6 +273,8 @@ class Run:
             runtime.task = task
             tasks.append(task)
             self.tasks[step] = task
+        if self.stopping:  # stop() came while the run was set up (sources opening)
+            self._stop_sources()
         self.workflow._tasks = tasks
         self.workflow._run_state = "running"
         if not tasks:

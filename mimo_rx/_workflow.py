@@ -63,6 +63,7 @@ class Workflow:
         self._run_state = "pending"
         self._tasks: list[asyncio.Task[None]] = []  # the stream tasks of the run
         self._run: Run | None = None  # the active run, between start() and its end
+        self._sigterm_before_run = False  # run() got SIGTERM before start() made the run
         self._begun: asyncio.Event | None = None
         self._watch = Watch(self)  # metrics() and events
 
@@ -355,7 +356,7 @@ class Workflow:
             )
         runner = asyncio.Runner()  # as asyncio.run, with a bounded close (see _close_runner)
         unwake = wake_loop_on_signals(runner.get_loop())
-        signals = TerminationSignals(drain=self.stop, cancel=self.cancel)
+        signals = TerminationSignals(drain=self._stop_on_sigterm, cancel=self.cancel)
         signals.install()
         try:
             runner.run(self.start(progress=progress))
@@ -389,6 +390,8 @@ class Workflow:
             display = start_progress(self)
         run = Run(self)
         self._run = run
+        if self._sigterm_before_run:  # run()'s SIGTERM came before there was a run to stop
+            run.graceful_stop()
         try:
             await run.run()
         finally:
@@ -422,6 +425,14 @@ class Workflow:
         run = self._run
         if run is not None:
             run.call_soon(run.graceful_stop)
+
+    def _stop_on_sigterm(self) -> None:
+        """``run()``'s SIGTERM (in the main thread, between two bytecodes): ``stop()``, or,
+        before ``start()`` has made the run, a note that ``start()`` stops it at once."""
+        if self._run is None:
+            self._sigterm_before_run = True
+        else:
+            self.stop()
 
     def cancel(self) -> None:
         """Abort the run: every stream is cancelled, no task is left, Rx subscribers get

@@ -604,6 +604,36 @@ def test_stop_cancels_a_waiting_fetch_and_flushes() -> None:
     assert delivery(wf) == {"fetched": 30, "acked": 30, "nacked": 0, "in_flight": 0}
 
 
+def test_stop_while_the_source_opens_ends_the_run_before_anything_is_fetched() -> None:
+    """stop() before the stream tasks exist (the source is still opening) was lost: the run
+    then fetched on forever (seen with a RedisStreamSource whose worker got SIGTERM early)."""
+    opening = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowOpen(Recorder):
+        async def open(self) -> None:
+            await super().open()
+            opening.set()
+            await release.wait()
+
+    src = SlowOpen(30, end=False)
+    wf = Workflow()
+    wf.add_source(src).pipe(wf.add_stream(Stream(["x"], [], fn=collect, name="sink")))
+
+    async def main() -> None:
+        run = asyncio.ensure_future(wf.start())
+        await opening.wait()
+        wf.stop()
+        await asyncio.sleep(0.01)  # the stop is handled while open() still waits
+        release.set()
+        await asyncio.wait_for(run, 10)
+
+    run_checked(main())
+    assert src.fetch_sizes == []
+    assert src.calls == ["open", "close"]
+    assert wf.stats()["streams"]["sink"]["status"] == "done"
+
+
 def test_stop_cancels_a_waiting_fetch_that_feeds_an_operator_stage() -> None:
     # reported with a RedisStreamSource: stop() left the run waiting in fetch
     src = Recorder(30, end=False)

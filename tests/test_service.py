@@ -899,6 +899,25 @@ def test_sigterm_while_run_is_still_starting_drains_and_run_returns_normally() -
 
 @posix_only
 @pytest.mark.parametrize(
+    ("scenario", "lines"),
+    [("term_before_run", ["ready", "returned"]), ("term_while_opening", ["ready", "closed"])],
+)
+def test_sigterm_before_any_stream_task_exists_drains_and_run_returns_normally(
+    scenario: str, lines: list[str]
+) -> None:
+    """Before start() made the run, and while an acknowledged source opens (before the tasks
+    exist): the SIGTERM was lost and run() went on forever (a Redis worker, 1 in ~40 starts)."""
+    proc = _child(scenario)
+    code, out, err = _finish(proc)
+    assert code == 0, err
+    assert out.splitlines()[:2] == lines
+    assert "returned" in out.splitlines()
+    assert _stats(out)["identity"] == "True"
+    assert "Traceback" not in err
+
+
+@posix_only
+@pytest.mark.parametrize(
     ("scenario", "second"), [("double", signal.SIGTERM), ("term_then_int", signal.SIGINT)]
 )
 def test_a_second_signal_during_a_drain_cancels_the_run_with_keyboard_interrupt(

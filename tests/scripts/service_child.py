@@ -9,7 +9,10 @@ parent then signals it), ``draining`` when the consumer first sees that the sour
 Scenarios: ``drain`` (a SIGTERM drains: run() returns), ``double`` (a second SIGTERM during
 the drain), ``term_then_int`` (SIGINT during the drain), ``interrupt`` (SIGINT at once),
 ``term_at_start`` (the child sends itself SIGTERM from the first metrics snapshot, while run()
-is still setting up: an ``async def`` source that was never started must still stop).
+is still setting up: an ``async def`` source that was never started must still stop),
+``term_before_run`` (SIGTERM once run() has installed its handler, before start() has made the
+run) and ``term_while_opening`` (SIGTERM while an acknowledged source opens, before any stream
+task exists; the source prints ``closed`` when closed): both lost the SIGTERM and ran forever.
 """
 
 from __future__ import annotations
@@ -57,8 +60,47 @@ def main(scenario: str) -> None:
             await outs.out.push(pulled)
             await asyncio.sleep(0.001)
 
+    class Opening:
+        """An endless acknowledged source that sends SIGTERM to its process from open()."""
+
+        def __init__(self) -> None:
+            self.next = 0
+
+        async def open(self) -> None:
+            say("ready")
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.05)  # the signal arrives while the run is set up
+
+        async def fetch(self, max_items: int) -> Any:
+            nonlocal pulled
+            await asyncio.sleep(0.001)
+            pulled += 1
+            self.next += 1
+            return [(self.next, self.next)]
+
+        async def ack(self, tokens: Any) -> None:
+            pass
+
+        async def nack(self, tokens: Any) -> None:
+            pass
+
+        async def close(self) -> None:
+            say("closed")
+
     workflow = Workflow(buffer_size=32)
-    if scenario == "term_at_start":
+    if scenario == "term_before_run":
+        source = workflow.add_stream(Stream(outs=["out"], fn=ticker, name="endless"))
+        validate = workflow._validate
+
+        def terminate_then_validate() -> None:  # start()'s first call, before the run exists
+            say("ready")
+            os.kill(os.getpid(), signal.SIGTERM)
+            validate()
+
+        workflow._validate = terminate_then_validate  # type: ignore[method-assign]
+    elif scenario == "term_while_opening":
+        source = workflow.add_source(Opening(), name="endless")
+    elif scenario == "term_at_start":
         source = workflow.add_stream(Stream(outs=["out"], fn=ticker, name="endless"))
         sent: list[bool] = []
 
