@@ -29,6 +29,7 @@ ones in :mod:`mimo_rx.sources`, or a user's) depends on nothing private.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,3 +63,18 @@ class AckSource(Protocol):
 
     async def close(self) -> None:
         """Release the connection; called once when the run ends, after the last ``ack``."""
+
+
+def raise_if_cancel_pending() -> None:
+    """Raise ``CancelledError`` if the current task was asked to cancel and the request was
+    lost on its way: a client library whose read raced its own timeout turned it into a
+    timeout or an empty reply.
+
+    ``stop()`` cancels a waiting ``fetch``. A ``fetch`` that loops over a client's reads until
+    something comes calls this after each read that brought nothing, so that such a loss
+    cannot keep the run going forever. Seen with redis-py 8.1 on Python 3.11: after
+    ``stop()`` had cancelled it, a worker's ``XREADGROUP`` went on returning empty replies.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -247,3 +247,103 @@ def test_nats_a_failure_no_stream_takes_is_nacked_and_comes_again_until_max_deli
             await nc.close()
 
     run_checked(main(), timeout=20)
+
+
+# -- stop() when the client loses the cancellation of a waiting read ----------------------------
+
+
+class LosesOneCancellation:
+    """Wraps a real client (or subscription) object: the first cancellation of a waiting
+    ``method`` call comes back as what ``lost`` returns, as redis-py 8.1 did on Python 3.11
+    with a cancelled XREADGROUP; everything else goes to the real object."""
+
+    def __init__(self, real: Any, method: str, lost: Callable[[], Any]) -> None:
+        self._real = real
+        self._method = method
+        self._lost = lost
+        self.waiting = asyncio.Event()
+        self.swallowed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._real, name)
+        if name != self._method:
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.waiting.set()
+            try:
+                return await attribute(*args, **kwargs)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1
+                return self._lost()
+
+        return call
+
+
+async def stop_while_waiting(
+    workflow: Workflow, client: Callable[[], LosesOneCancellation | None]
+) -> None:
+    """Start the run, stop() it once the source waits in ``client()`` (``None`` until the
+    source has opened), and require that the run ends: it went on forever when the lost
+    cancellation was not noticed."""
+    run = asyncio.ensure_future(workflow.start())
+    await until(lambda: asyncio.sleep(0, client() is not None))
+    wrapper = client()
+    assert wrapper is not None
+    await asyncio.wait_for(wrapper.waiting.wait(), 10)
+    await asyncio.sleep(0.1)  # well inside the blocking read
+    workflow.stop()
+    await asyncio.wait_for(run, 10)
+    assert wrapper.swallowed == 1
+
+
+def test_redis_stop_ends_the_run_when_the_client_loses_the_cancellation(redis_url: str) -> None:
+    stream, group = unique("s"), unique("g")
+
+    async def main() -> None:
+        r = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            client = LosesOneCancellation(r, "xreadgroup", list)
+            workflow = Workflow()
+            got: list[Any] = []
+            workflow.add_source(RedisStreamSource(client, stream, group)).pipe(
+                workflow.add_stream(gated_sink(got, asyncio.Event()))
+            )
+            await stop_while_waiting(workflow, lambda: client)
+            assert got == []
+        finally:
+            await r.aclose()
+
+    run_checked(main(), timeout=30)
+
+
+class LosingNatsSource(NatsSource):
+    """A NatsSource whose pull subscription loses the first cancellation of a fetch."""
+
+    wrapper: LosesOneCancellation | None = None
+
+    async def open(self) -> None:
+        await super().open()
+        self.wrapper = LosesOneCancellation(self._sub, "fetch", list)
+        self._sub = self.wrapper
+
+
+def test_nats_stop_ends_the_run_when_the_client_loses_the_cancellation(nats_url: str) -> None:
+    stream, durable = unique("S"), unique("d")
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().add_stream(name=stream, subjects=[f"{stream}.>"])
+            source = LosingNatsSource(nats_url, stream, durable)
+            workflow = Workflow()
+            got: list[Any] = []
+            workflow.add_source(source).pipe(workflow.add_stream(gated_sink(got, asyncio.Event())))
+            await stop_while_waiting(workflow, lambda: source.wrapper)
+            assert got == []
+        finally:
+            await nc.close()
+
+    run_checked(main(), timeout=30)

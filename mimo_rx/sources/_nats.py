@@ -29,6 +29,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._acksource import raise_if_cancel_pending
 from .._errors import ConfigError
 
 __all__ = ["NatsMessage", "NatsSource"]
@@ -168,9 +169,10 @@ class NatsSource:
             try:
                 msgs = await sub.fetch(max_items, timeout=_PULL_WAIT_S)
             except TimeoutError:  # nats.errors.TimeoutError derives from it: none came
-                continue
+                msgs = []
             if msgs:
                 break
+            raise_if_cancel_pending()  # stop()'s cancellation, should the client lose it
         batch = [(m.reply, _message(m)) for m in msgs]
         self._held.update(dict.fromkeys([m.reply for m in msgs], time.monotonic()))
         return batch

@@ -33,6 +33,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._acksource import raise_if_cancel_pending
 from .._errors import ConfigError
 
 __all__ = ["RedisStreamSource", "StreamEntry"]
@@ -233,6 +234,7 @@ class RedisStreamSource:
             entries = _entries_of(response)
             if entries:
                 return self._deliver(entries)
+            raise_if_cancel_pending()  # stop()'s cancellation, should the client lose it
 
     async def ack(self, tokens: Sequence[Hashable]) -> None:
         """``XACK`` the entries (in commands of at most 10,000 ids)."""
